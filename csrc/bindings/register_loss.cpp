@@ -1,0 +1,147 @@
+// cross_entropy (forward, gradient, both, and the backward of the loss class) and nll_loss.
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "arrays.h"
+#include "core/dispatch.h"
+#include "core/nll.h"
+#include "core/targets.h"
+
+namespace fastxent::bindings {
+
+namespace {
+
+enum class Reduction { none = 0, mean = 1, sum = 2 };
+
+const std::int64_t* checked_targets(const py::object& target, std::int64_t rows, std::int64_t classes,
+                                    std::int64_t ignore_index) {
+    const std::int64_t* data = dense_data<std::int64_t>(target, "target", rows, false);
+    std::int64_t bad;
+    {
+        py::gil_scoped_release release;
+        bad = find_invalid_target(data, rows, classes, ignore_index);
+    }
+    if (bad >= 0) {
+        throw py::index_error("target " + std::to_string(data[bad]) + " is out of bounds for " +
+                              std::to_string(classes) + " classes (valid: 0 <= target < " +
+                              std::to_string(classes) + ", or ignore_index=" + std::to_string(ignore_index) +
+                              "); first found at flat position " + std::to_string(bad));
+    }
+    return data;
+}
+
+// Returns (sum of the row losses, denominator of "mean"). The denominator is D for index targets and
+// the number of rows for probability targets.
+template <typename T>
+py::tuple run_cross_entropy(const py::array& input, const ClassAxisView& view, const py::object& target_index,
+                            const py::object& target_prob, const py::object& weight, std::int64_t ignore_index,
+                            double label_smoothing, Reduction reduction, double grad_output,
+                            const py::object& grad_rows, const py::object& row_loss, const py::object& grad,
+                            const py::object& save_stats, const py::object& saved_stats, bool want_sum,
+                            void (*kernel)(const CrossEntropyProblem<T>&)) {
+    const std::int64_t rows = view.rows();
+    CrossEntropyProblem<T> problem;
+    problem.input = input_data<T>(input, "input");
+    problem.view = view;
+    problem.weight = dense_data<T>(weight, "weight", view.classes, false);
+    problem.ignore_index = ignore_index;
+    problem.label_smoothing = label_smoothing;
+    if (!target_index.is_none()) {
+        problem.target_index = checked_targets(target_index, rows, view.classes, ignore_index);
+    } else {
+        problem.target_prob = dense_data<T>(target_prob, "target", view.size(), false);
+        if (problem.target_prob == nullptr) throw py::value_error("a target is required");
+    }
+    problem.row_loss = dense_data<T>(row_loss, "row_loss", rows, true);
+    problem.grad = dense_data<T>(grad, "out", view.size(), true);
+    problem.grad_rows = dense_data<T>(grad_rows, "grad_output", rows, false);
+    problem.save_stats = reinterpret_cast<RowStats*>(dense_data<double>(save_stats, "save_stats", 2 * rows, true));
+    problem.saved_stats =
+        reinterpret_cast<const RowStats*>(dense_data<double>(saved_stats, "saved_stats", 2 * rows, false));
+
+    const WorkPlan plan = plan_work(view);
+    py::array_t<double> partials(want_sum ? plan.items : 0);
+    if (want_sum) problem.partial_sums = partials.mutable_data();
+
+    double total = 0.0;
+    double denominator = 0.0;
+    {
+        py::gil_scoped_release release;
+        denominator = problem.target_index != nullptr
+                          ? target_weight_sum(problem.target_index, rows, problem.weight, ignore_index)
+                          : static_cast<double>(rows);
+        if (reduction == Reduction::mean) {
+            problem.grad_scale = denominator == 0.0 ? 0.0 : grad_output / denominator;
+        } else {
+            problem.grad_scale = grad_output;
+        }
+        kernel(problem);
+        for (std::int64_t i = 0; i < plan.items && want_sum; ++i) total += problem.partial_sums[i];
+    }
+    return py::make_tuple(total, denominator);
+}
+
+template <typename T>
+py::tuple run_nll(const py::array& input, const ClassAxisView& view, const py::object& target,
+                  const py::object& weight, std::int64_t ignore_index, const py::object& row_loss) {
+    const std::int64_t rows = view.rows();
+    const T* log_probs = input_data<T>(input, "input");
+    const T* weight_data = dense_data<T>(weight, "weight", view.classes, false);
+    const std::int64_t* targets = checked_targets(target, rows, view.classes, ignore_index);
+    T* row_loss_data = dense_data<T>(row_loss, "row_loss", rows, true);
+    double denominator = 0.0;
+    double total = 0.0;
+    {
+        py::gil_scoped_release release;
+        denominator = target_weight_sum(targets, rows, weight_data, ignore_index);
+        total = nll_loss(log_probs, view, targets, weight_data, ignore_index, row_loss_data);
+    }
+    return py::make_tuple(total, denominator);
+}
+
+}  // namespace
+
+void register_loss(py::module_& module) {
+    module.def(
+        "cross_entropy",
+        [](const py::array& input, const ViewTuple& view_tuple, const py::object& target_index,
+           const py::object& target_prob, const py::object& weight, std::int64_t ignore_index,
+           double label_smoothing, int reduction, double grad_output, const py::object& grad_rows,
+           const py::object& row_loss, const py::object& grad, const py::object& save_stats,
+           const py::object& saved_stats, bool want_sum) {
+            if (reduction < 0 || reduction > 2) throw py::value_error("unknown reduction code");
+            const ClassAxisView view = to_view(view_tuple);
+            const KernelTable& table = kernels();
+            const Reduction r = static_cast<Reduction>(reduction);
+            if (has_dtype<float>(input)) {
+                return run_cross_entropy<float>(input, view, target_index, target_prob, weight, ignore_index,
+                                                label_smoothing, r, grad_output, grad_rows, row_loss, grad,
+                                                save_stats, saved_stats, want_sum, table.cross_entropy_float);
+            }
+            if (has_dtype<double>(input)) {
+                return run_cross_entropy<double>(input, view, target_index, target_prob, weight, ignore_index,
+                                                 label_smoothing, r, grad_output, grad_rows, row_loss, grad,
+                                                 save_stats, saved_stats, want_sum, table.cross_entropy_double);
+            }
+            throw py::type_error("input must be float32 or float64");
+        },
+        py::arg("input"), py::arg("view"), py::arg("target_index"), py::arg("target_prob"), py::arg("weight"),
+        py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("reduction"), py::arg("grad_output"),
+        py::arg("grad_rows"), py::arg("row_loss"), py::arg("grad"), py::arg("save_stats"),
+        py::arg("saved_stats"), py::arg("want_sum"));
+
+    module.def(
+        "nll_loss",
+        [](const py::array& input, const ViewTuple& view_tuple, const py::object& target, const py::object& weight,
+           std::int64_t ignore_index, const py::object& row_loss) {
+            const ClassAxisView view = to_view(view_tuple);
+            if (has_dtype<float>(input)) return run_nll<float>(input, view, target, weight, ignore_index, row_loss);
+            if (has_dtype<double>(input)) return run_nll<double>(input, view, target, weight, ignore_index, row_loss);
+            throw py::type_error("input must be float32 or float64");
+        },
+        py::arg("input"), py::arg("view"), py::arg("target"), py::arg("weight"), py::arg("ignore_index"),
+        py::arg("row_loss"));
+}
+
+}  // namespace fastxent::bindings

@@ -1,0 +1,102 @@
+// The problems the kernels solve, and the table of kernels one instruction set provides.
+//
+// Every array is seen as (outer, classes, inner): the class axis is the middle one, whatever axis it
+// was in the caller's array. The innermost axis has unit stride; the two others have arbitrary element
+// strides, so (N, C), (C,), (N, C, d1..dk) and (batch, seq, vocab) with the class axis last are all
+// read in place, without a transposed copy. Outputs are always C-contiguous.
+#pragma once
+
+#include <cstdint>
+
+namespace fastxent {
+
+struct ClassAxisView {
+    std::int64_t outer = 1;
+    std::int64_t classes = 1;
+    std::int64_t inner = 1;
+    std::int64_t outer_stride = 1;  // elements between consecutive outer positions
+    std::int64_t class_stride = 1;  // elements between consecutive classes (the inner stride is 1)
+
+    std::int64_t rows() const { return outer * inner; }
+    std::int64_t size() const { return outer * classes * inner; }
+};
+
+enum class SoftmaxOp { log_softmax, softmax, logsumexp };
+
+template <typename T>
+struct SoftmaxProblem {
+    const T* input = nullptr;
+    ClassAxisView view;
+    SoftmaxOp op = SoftmaxOp::log_softmax;
+    // log_softmax, softmax: C-contiguous (outer, classes, inner); logsumexp: C-contiguous (outer, inner).
+    T* output = nullptr;
+};
+
+// Per-row statistics saved by a forward pass so that a backward pass needs one read of the logits:
+// log_softmax = (x - max) - log_sum, in that order.
+struct RowStats {
+    double max;
+    double log_sum;
+};
+
+template <typename T>
+struct CrossEntropyProblem {
+    const T* input = nullptr;
+    ClassAxisView view;
+
+    // Exactly one of the two targets is set.
+    const std::int64_t* target_index = nullptr;  // C-contiguous (outer, inner), validated by the caller
+    const T* target_prob = nullptr;              // C-contiguous (outer, classes, inner)
+
+    const T* weight = nullptr;  // (classes,) or null for all ones
+    std::int64_t ignore_index = -100;
+    double label_smoothing = 0.0;
+
+    // Outputs, each optional.
+    T* row_loss = nullptr;            // (outer, inner): the unreduced loss
+    T* grad = nullptr;                // C-contiguous like the input
+    double grad_scale = 1.0;          // every row's gradient is multiplied by this ...
+    const T* grad_rows = nullptr;     // ... and by grad_rows[row] when set (reduction "none")
+    RowStats* save_stats = nullptr;   // (rows): the statistics of this pass
+    const RowStats* saved_stats = nullptr;  // (rows): reuse these instead of recomputing (gradient only)
+
+    // Filled by the kernel: the sum of the row losses in a fixed order, one partial per work item
+    // (see work_items), so the total does not depend on the thread count.
+    double* partial_sums = nullptr;
+};
+
+struct KernelTable {
+    const char* isa = "";
+    void (*softmax_float)(const SoftmaxProblem<float>&) = nullptr;
+    void (*softmax_double)(const SoftmaxProblem<double>&) = nullptr;
+    void (*cross_entropy_float)(const CrossEntropyProblem<float>&) = nullptr;
+    void (*cross_entropy_double)(const CrossEntropyProblem<double>&) = nullptr;
+};
+
+// How a view is cut into work items. It depends on the view only, never on the thread count: the
+// per-item partial sums are added in item order, so reductions are identical for any thread count.
+enum class Strategy {
+    rows,        // the class axis is contiguous: one row at a time, vectorised along the classes
+    columns,     // inner > 1: a tile of rows at a time, vectorised across rows along the inner axis
+    small_rows,  // contiguous class axis, few classes: a tile of rows transposed, then as columns
+};
+
+struct WorkPlan {
+    Strategy strategy;
+    std::int64_t rows_per_item;  // rows: rows in one item; columns/small_rows: lanes (rows) in a tile
+    std::int64_t items;
+};
+
+WorkPlan plan_work(const ClassAxisView& view);
+
+// Below this many classes, a contiguous class axis is transposed in tiles and vectorised across rows.
+constexpr std::int64_t kSmallClasses = 32;
+// Lanes of a column tile (a multiple of every vector width).
+constexpr std::int64_t kTileLanes = 128;
+
+// One entry point per instruction set; each fills the table with its kernels.
+namespace baseline { void register_kernels(KernelTable& table); }
+namespace avx2 { void register_kernels(KernelTable& table); }
+namespace avx512 { void register_kernels(KernelTable& table); }
+
+}  // namespace fastxent

@@ -1,0 +1,279 @@
+// Cross-entropy forward, gradient and the fused forward + gradient, for index and probability
+// targets. Compiled once per instruction set (FASTXENT_ISA names the namespace; see CMakeLists.txt).
+//
+// Note: one pass. Per row the logits are read from memory once: the max and the sum of exponentials
+// (and, with label smoothing or probability targets, the weighted sums) are taken while the row is in
+// cache, and the gradient is written straight from them. The loss needs only those sums:
+//   log_softmax[t] = (x[t] - max) - log(sum)
+//   sum_c w_c log_softmax[c] = sum_c w_c (x[c] - max) - W log(sum)
+//   sum_c u_c log_softmax[c] = sum_c u_c (x[c] - max) - U log(sum)      (probability targets)
+// so no log_softmax array is ever formed.
+#include <cmath>
+
+#include "kernels.h"
+#include "parallel.h"
+#include "row_engine.h"
+
+namespace fastxent {
+namespace FASTXENT_ISA {
+
+void register_softmax_kernels(KernelTable& table);  // softmax.cpp
+
+namespace {
+
+// What every row of one call shares.
+template <typename T>
+struct LossContext {
+    const CrossEntropyProblem<T>& problem;
+    std::int64_t classes;
+    double smoothing;        // e
+    double weight_total;     // W = sum_c w_c
+    bool needs_loss;         // a loss is reported (row losses or the partial sums)
+    ProbabilityWeights<T> probability;
+
+    explicit LossContext(const CrossEntropyProblem<T>& p)
+        : problem(p),
+          classes(p.view.classes),
+          smoothing(p.label_smoothing),
+          weight_total(static_cast<double>(p.view.classes)),
+          needs_loss(p.row_loss != nullptr || p.partial_sums != nullptr),
+          probability{static_cast<T>(1.0 - p.label_smoothing),
+                      static_cast<T>(p.view.classes > 0 ? p.label_smoothing / p.view.classes : 0.0), p.weight} {
+        if (p.weight != nullptr) {
+            weight_total = 0.0;
+            for (std::int64_t c = 0; c < classes; ++c) weight_total += static_cast<double>(p.weight[c]);
+        }
+    }
+
+    bool ignored(std::int64_t row) const {
+        return problem.target_index != nullptr && problem.target_index[row] == problem.ignore_index;
+    }
+    double class_weight(std::int64_t c) const {
+        return problem.weight == nullptr ? 1.0 : static_cast<double>(problem.weight[c]);
+    }
+    double row_scale(std::int64_t row) const {
+        return problem.grad_rows == nullptr ? problem.grad_scale
+                                            : problem.grad_scale * static_cast<double>(problem.grad_rows[row]);
+    }
+    // Index targets: the loss of a row from its statistics, its target logit and (with smoothing)
+    // S = sum_c w_c (x_c - max).
+    double index_loss(const RowStats& stats, double target_logit, double weight_t, double weighted_sum) const {
+        const double log_prob_t = (target_logit - stats.max) - stats.log_sum;
+        double loss = (1.0 - smoothing) * (-weight_t * log_prob_t);
+        if (smoothing > 0.0) {
+            loss += (smoothing / static_cast<double>(classes)) * -(weighted_sum - weight_total * stats.log_sum);
+        }
+        return loss;
+    }
+    // Index targets, gradient: p_j * a - b * w_j, minus (1 - e) w_t at j = t.
+    double grad_a(double weight_t) const {
+        return (1.0 - smoothing) * weight_t + smoothing * weight_total / static_cast<double>(classes);
+    }
+    double grad_b() const { return smoothing / static_cast<double>(classes); }
+    // The target's own gradient, in double: it cancels (p_t close to 1), so it is not left to the vector loop.
+    double target_grad(const RowStats& stats, double target_logit, std::int64_t t, double scale) const {
+        const double weight_t = class_weight(t);
+        const double p_t = std::exp((target_logit - stats.max) - stats.log_sum);
+        return (p_t * grad_a(weight_t) - grad_b() * weight_t - (1.0 - smoothing) * weight_t) * scale;
+    }
+};
+
+// One contiguous row. Returns its loss (0 for an ignored row).
+template <typename T>
+double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row) {
+    const CrossEntropyProblem<T>& p = ctx.problem;
+    const std::int64_t classes = ctx.classes;
+    T* grad = p.grad == nullptr ? nullptr : p.grad + row * classes;
+    if (ctx.ignored(row)) {
+        if (grad != nullptr) {
+            for (std::int64_t c = 0; c < classes; ++c) grad[c] = T(0);
+        }
+        if (p.row_loss != nullptr) p.row_loss[row] = T(0);
+        return 0.0;
+    }
+    const RowStats stats = p.saved_stats != nullptr ? p.saved_stats[row] : row_stats(x, classes);
+    if (p.save_stats != nullptr) p.save_stats[row] = stats;
+    const T max = static_cast<T>(stats.max);
+    const double scale = ctx.row_scale(row);
+    double loss = 0.0;
+
+    if (p.target_index != nullptr) {
+        const std::int64_t t = p.target_index[row];
+        const double target_logit = static_cast<double>(x[t]);
+        const double weight_t = ctx.class_weight(t);
+        if (ctx.needs_loss) {
+            const double weighted_sum = ctx.smoothing > 0.0 ? row_weighted_sum(x, p.weight, classes, max) : 0.0;
+            loss = ctx.index_loss(stats, target_logit, weight_t, weighted_sum);
+        }
+        if (grad != nullptr) {
+            write_index_grad(x, p.weight, grad, classes, stats, static_cast<T>(ctx.grad_a(weight_t)),
+                             static_cast<T>(ctx.grad_b()), static_cast<T>(scale));
+            grad[t] = static_cast<T>(ctx.target_grad(stats, target_logit, t, scale));
+        }
+    } else {
+        const T* y = p.target_prob + row * classes;
+        double dot = 0.0;
+        double total = 0.0;
+        row_probability_sums(x, y, ctx.probability, classes, max, dot, total);
+        loss = -(dot - total * stats.log_sum);
+        if (grad != nullptr) {
+            write_probability_grad(x, y, ctx.probability, grad, classes, stats, static_cast<T>(total),
+                                   static_cast<T>(scale));
+        }
+    }
+    if (p.row_loss != nullptr) p.row_loss[row] = static_cast<T>(loss);
+    return loss;
+}
+
+// A tile of `lanes` consecutive rows starting at `row0`: class c of lane l at x[c * stride + l], its
+// probability target at y[c * y_stride + l], its gradient at grad[c * grad_stride + l]. Returns the
+// sum of the tile's losses, added in row order.
+template <typename T>
+double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, const T* y, std::int64_t y_stride,
+                 T* grad, std::int64_t grad_stride, std::int64_t row0, std::int64_t lanes) {
+    const CrossEntropyProblem<T>& p = ctx.problem;
+    const std::int64_t classes = ctx.classes;
+    TileStats<T> tile;
+    if (p.saved_stats != nullptr) {
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            tile.stats[l] = p.saved_stats[row0 + l];
+            tile.max[l] = static_cast<T>(tile.stats[l].max);
+        }
+    } else {
+        tile_stats(x, stride, classes, lanes, tile);
+    }
+    if (p.save_stats != nullptr) {
+        for (std::int64_t l = 0; l < lanes; ++l) p.save_stats[row0 + l] = tile.stats[l];
+    }
+
+    double dot[kTileLanes];    // S (smoothing) or sum_c u_c (x_c - max) (probability targets)
+    double total[kTileLanes];  // U (probability targets)
+    const bool index_targets = p.target_index != nullptr;
+    if (!index_targets) {
+        tile_probability_sums(x, stride, y, y_stride, ctx.probability, classes, lanes, tile.max, dot, total);
+    } else if (ctx.smoothing > 0.0 && ctx.needs_loss) {
+        tile_weighted_sum(x, stride, p.weight, classes, lanes, tile.max, dot);
+    }
+
+    // Per-lane losses and gradient coefficients.
+    double loss_sum = 0.0;
+    T coefficient[kTileLanes];  // index: a * scale / sum;  probability: U * scale / sum
+    T scale[kTileLanes];
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        const std::int64_t row = row0 + l;
+        double loss = 0.0;
+        double row_scale = ctx.row_scale(row);
+        double a = 0.0;
+        if (index_targets) {
+            if (ctx.ignored(row)) {
+                row_scale = 0.0;
+            } else {
+                const std::int64_t t = p.target_index[row];
+                const double weight_t = ctx.class_weight(t);
+                a = ctx.grad_a(weight_t);
+                if (ctx.needs_loss) {
+                    loss = ctx.index_loss(tile.stats[l], static_cast<double>(x[t * stride + l]), weight_t, dot[l]);
+                }
+            }
+        } else {
+            loss = -(dot[l] - total[l] * tile.stats[l].log_sum);
+            a = total[l];
+        }
+        if (p.row_loss != nullptr) p.row_loss[row] = static_cast<T>(loss);
+        loss_sum += loss;
+        coefficient[l] = static_cast<T>(a * row_scale * std::exp(-tile.stats[l].log_sum));
+        scale[l] = static_cast<T>(row_scale);
+    }
+    if (grad == nullptr) return loss_sum;
+
+    for (std::int64_t c = 0; c < classes; ++c) {
+        const T* in_row = x + c * stride;
+        T* out_row = grad + c * grad_stride;
+        if (index_targets) {
+            const T b_w = static_cast<T>(ctx.grad_b() * ctx.class_weight(c));
+            for (std::int64_t l = 0; l < lanes; ++l) {
+                out_row[l] = fast_exp(in_row[l] - tile.max[l]) * coefficient[l] - b_w * scale[l];
+            }
+        } else {
+            const T* target = y + c * y_stride;
+            const T w = p.weight == nullptr ? T(1) : p.weight[c];
+            const ProbabilityWeights<T>& u = ctx.probability;
+            for (std::int64_t l = 0; l < lanes; ++l) {
+                out_row[l] = fast_exp(in_row[l] - tile.max[l]) * coefficient[l] -
+                             w * (u.keep * target[l] + u.uniform) * scale[l];
+            }
+        }
+    }
+    if (index_targets) {
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            const std::int64_t row = row0 + l;
+            if (ctx.ignored(row)) {
+                for (std::int64_t c = 0; c < classes; ++c) grad[c * grad_stride + l] = T(0);
+            } else {
+                const std::int64_t t = p.target_index[row];
+                grad[t * grad_stride + l] = static_cast<T>(
+                    ctx.target_grad(tile.stats[l], static_cast<double>(x[t * stride + l]), t, ctx.row_scale(row)));
+            }
+        }
+    }
+    return loss_sum;
+}
+
+template <typename T>
+void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
+    const ClassAxisView& view = problem.view;
+    const WorkPlan plan = plan_work(view);
+    const std::int64_t rows = view.rows();
+    const std::int64_t classes = view.classes;
+    const LossContext<T> ctx(problem);
+    const int threads = threads_for(plan.items, view.size());
+
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (std::int64_t item = 0; item < plan.items; ++item) {
+        double item_sum = 0.0;
+        if (plan.strategy == Strategy::rows) {
+            const std::int64_t first = item * plan.rows_per_item;
+            const std::int64_t last = first + plan.rows_per_item < rows ? first + plan.rows_per_item : rows;
+            for (std::int64_t row = first; row < last; ++row) {
+                item_sum += loss_row(ctx, problem.input + row * view.outer_stride, row);
+            }
+        } else if (plan.strategy == Strategy::columns) {
+            const std::int64_t tiles_per_outer = (view.inner + kTileLanes - 1) / kTileLanes;
+            const std::int64_t outer = item / tiles_per_outer;
+            const std::int64_t lane0 = (item % tiles_per_outer) * kTileLanes;
+            const std::int64_t lanes = view.inner - lane0 < kTileLanes ? view.inner - lane0 : kTileLanes;
+            const std::int64_t dense_offset = outer * classes * view.inner + lane0;
+            item_sum = loss_tile(ctx, problem.input + outer * view.outer_stride + lane0, view.class_stride,
+                                 problem.target_prob == nullptr ? nullptr : problem.target_prob + dense_offset,
+                                 view.inner, problem.grad == nullptr ? nullptr : problem.grad + dense_offset,
+                                 view.inner, outer * view.inner + lane0, lanes);
+        } else {
+            const std::int64_t first = item * kTileLanes;
+            const std::int64_t lanes = rows - first < kTileLanes ? rows - first : kTileLanes;
+            T tile_in[kSmallClasses * kTileLanes];
+            T tile_target[kSmallClasses * kTileLanes];
+            T tile_grad[kSmallClasses * kTileLanes];
+            transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
+                                tile_in);
+            if (problem.target_prob != nullptr) {
+                transpose_into_tile(problem.target_prob + first * classes, classes, classes, lanes, tile_target);
+            }
+            item_sum = loss_tile(ctx, tile_in, kTileLanes, tile_target, kTileLanes,
+                                 problem.grad == nullptr ? nullptr : tile_grad, kTileLanes, first, lanes);
+            if (problem.grad != nullptr) transpose_from_tile(tile_grad, classes, lanes, problem.grad + first * classes);
+        }
+        if (problem.partial_sums != nullptr) problem.partial_sums[item] = item_sum;
+    }
+}
+
+}  // namespace
+
+void register_kernels(KernelTable& table) {
+    table.isa = FASTXENT_ISA_NAME;
+    register_softmax_kernels(table);
+    table.cross_entropy_float = cross_entropy_kernel<float>;
+    table.cross_entropy_double = cross_entropy_kernel<double>;
+}
+
+}  // namespace FASTXENT_ISA
+}  // namespace fastxent

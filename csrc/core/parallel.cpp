@@ -1,0 +1,67 @@
+#include "parallel.h"
+
+#include <atomic>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
+
+namespace fastxent {
+namespace {
+
+// Below this many elements a job runs on the calling thread.
+constexpr std::int64_t kParallelThreshold = 1 << 15;
+
+std::atomic<int>& thread_setting() {
+#ifdef _OPENMP
+    static std::atomic<int> setting{omp_get_max_threads()};
+#else
+    static std::atomic<int> setting{1};
+#endif
+    return setting;
+}
+
+// Note: fork. A child forked while libgomp's worker threads exist has a copy of the pool's state but
+// none of its threads; its first parallel region can hang. The child therefore runs every kernel on
+// its own thread (results are identical: they never depend on the thread count).
+std::atomic<bool> forked_child{false};
+
+void mark_forked_child() { forked_child.store(true); }
+
+[[maybe_unused]] const bool fork_handler_installed = [] {
+#if defined(__unix__) || defined(__APPLE__)
+    pthread_atfork(nullptr, nullptr, mark_forked_child);
+#endif
+    return true;
+}();
+
+}  // namespace
+
+int max_threads() { return forked_child.load() ? 1 : thread_setting().load(); }
+
+void set_max_threads(int n) { thread_setting().store(n < 1 ? 1 : n); }
+
+bool openmp_enabled() {
+#ifdef _OPENMP
+    return true;
+#else
+    return false;
+#endif
+}
+
+int threads_for(std::int64_t items, std::int64_t elements) {
+#ifdef _OPENMP
+    if (elements < kParallelThreshold || items < 2) return 1;
+    const std::int64_t threads = max_threads();
+    return static_cast<int>(threads < items ? threads : items);
+#else
+    (void)items;
+    (void)elements;
+    return 1;
+#endif
+}
+
+}  // namespace fastxent

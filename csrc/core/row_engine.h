@@ -1,0 +1,298 @@
+// The per-row building blocks shared by the softmax and loss kernels: row statistics (max, sum of
+// exponentials, weighted sums of logits) and the element-wise writers, in two shapes:
+//   * along a contiguous row (vectorised along the classes), and
+//   * across a tile of rows whose classes are `class_stride` apart and whose lanes are contiguous
+//     (vectorised across rows): the class axis is not last, or it was transposed into a tile.
+//
+// Included only by the per-ISA kernel files; everything is in an anonymous namespace so that each
+// instruction set compiles its own copy (see kernels.h). No STL containers or algorithms here.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "kernels.h"
+#include "math.h"
+
+namespace fastxent {
+namespace {
+
+// Independent accumulators per loop: enough to fill two AVX-512 registers (or four AVX2 ones) and to
+// hide the latency of the adds. Fixed per element type, so every instruction set sums in the same order.
+template <typename T>
+constexpr int kAccumulators = 64 / static_cast<int>(sizeof(T)) * 2;
+
+// Note: block sums. The sum of exponentials runs in T within blocks of kSumBlock elements and the
+// block sums are added in double. Inside a block each accumulator adds at most
+// kSumBlock / kAccumulators (32 or 64) positive terms, so the float32 sum of exps is accurate to a few ulp however long the row is, and the double
+// total never loses the small blocks of a 256k-class row.
+constexpr std::int64_t kSumBlock = 1024;
+
+template <typename T>
+T negative_infinity() {
+    return -std::numeric_limits<T>::infinity();
+}
+
+// Pairwise sum of the accumulators, in a fixed order.
+template <typename T, int N>
+T fold_sum(T (&acc)[N]) {
+    for (int width = N / 2; width > 0; width /= 2) {
+        for (int j = 0; j < width; ++j) acc[j] = acc[j] + acc[j + width];
+    }
+    return acc[0];
+}
+
+// Note: NaN in the max. The max ignores NaN (a NaN logit makes the sum of exponentials NaN, and so
+// every result of the row, as in PyTorch); it must not be taken as the shift, or a row of NaN and
+// finite values would subtract NaN from -inf masks and lose the distinction in logsumexp.
+template <typename T>
+T row_max(const T* x, std::int64_t n) {
+    constexpr int L = kAccumulators<T>;
+    T acc[L];
+    for (int j = 0; j < L; ++j) acc[j] = negative_infinity<T>();
+    std::int64_t i = 0;
+    for (; i + L <= n; i += L) {
+        for (int j = 0; j < L; ++j) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+    }
+    for (; i < n; ++i) acc[0] = x[i] > acc[0] ? x[i] : acc[0];
+    T best = acc[0];
+    for (int j = 1; j < L; ++j) best = acc[j] > best ? acc[j] : best;
+    return best;
+}
+
+// sum_i exp(x_i - shift), blocked as described above.
+template <typename T>
+double row_sum_exp(const T* x, std::int64_t n, T shift) {
+    constexpr int L = kAccumulators<T>;
+    double total = 0.0;
+    for (std::int64_t start = 0; start < n; start += kSumBlock) {
+        const std::int64_t stop = n - start < kSumBlock ? n : start + kSumBlock;
+        T acc[L];
+        for (int j = 0; j < L; ++j) acc[j] = T(0);
+        std::int64_t i = start;
+        for (; i + L <= stop; i += L) {
+            for (int j = 0; j < L; ++j) acc[j] += fast_exp(x[i + j] - shift);
+        }
+        for (; i < stop; ++i) acc[0] += fast_exp(x[i] - shift);
+        total += static_cast<double>(fold_sum(acc));
+    }
+    return total;
+}
+
+// sum_i u_i * (x_i - shift) in double, with u_i = weight_i (or 1 when weight is null).
+template <typename T>
+double row_weighted_sum(const T* x, const T* weight, std::int64_t n, T shift) {
+    constexpr int L = kAccumulators<T>;
+    double acc[L];
+    for (int j = 0; j < L; ++j) acc[j] = 0.0;
+    std::int64_t i = 0;
+    if (weight == nullptr) {
+        for (; i + L <= n; i += L) {
+            for (int j = 0; j < L; ++j) acc[j] += static_cast<double>(x[i + j] - shift);
+        }
+        for (; i < n; ++i) acc[0] += static_cast<double>(x[i] - shift);
+    } else {
+        for (; i + L <= n; i += L) {
+            for (int j = 0; j < L; ++j) {
+                acc[j] += static_cast<double>(weight[i + j]) * static_cast<double>(x[i + j] - shift);
+            }
+        }
+        for (; i < n; ++i) acc[0] += static_cast<double>(weight[i]) * static_cast<double>(x[i] - shift);
+    }
+    return fold_sum(acc);
+}
+
+// The smoothed probability target times the class weight: u_c = w_c * ((1 - e) * y_c + e / C).
+template <typename T>
+struct ProbabilityWeights {
+    T keep;        // 1 - e
+    T uniform;     // e / C
+    const T* weight;
+    T at(const T* y, std::int64_t c) const {
+        const T smoothed = keep * y[c] + uniform;
+        return weight == nullptr ? smoothed : weight[c] * smoothed;
+    }
+};
+
+// For probability targets: sum_c u_c * (x_c - shift) and sum_c u_c, both in double.
+template <typename T>
+void row_probability_sums(const T* x, const T* y, const ProbabilityWeights<T>& u, std::int64_t n,
+                          T shift, double& dot, double& total) {
+    constexpr int L = kAccumulators<T>;
+    double dot_acc[L];
+    double total_acc[L];
+    for (int j = 0; j < L; ++j) dot_acc[j] = total_acc[j] = 0.0;
+    std::int64_t i = 0;
+    for (; i + L <= n; i += L) {
+        for (int j = 0; j < L; ++j) {
+            const T weight_j = u.at(y, i + j);
+            dot_acc[j] += static_cast<double>(weight_j) * static_cast<double>(x[i + j] - shift);
+            total_acc[j] += static_cast<double>(weight_j);
+        }
+    }
+    for (; i < n; ++i) {
+        const T weight_i = u.at(y, i);
+        dot_acc[0] += static_cast<double>(weight_i) * static_cast<double>(x[i] - shift);
+        total_acc[0] += static_cast<double>(weight_i);
+    }
+    dot = fold_sum(dot_acc);
+    total = fold_sum(total_acc);
+}
+
+// Row statistics of a contiguous row.
+template <typename T>
+RowStats row_stats(const T* x, std::int64_t n) {
+    const T max = row_max(x, n);
+    const double sum = row_sum_exp(x, n, max);
+    return RowStats{static_cast<double>(max), std::log(sum)};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Element-wise writers along a contiguous row.
+
+template <typename T>
+void write_log_softmax(const T* x, T* out, std::int64_t n, const RowStats& stats) {
+    const T max = static_cast<T>(stats.max);
+    const T log_sum = static_cast<T>(stats.log_sum);
+    for (std::int64_t i = 0; i < n; ++i) out[i] = (x[i] - max) - log_sum;
+}
+
+// Note: softmax as exp(x - max) * (1 / sum): the reciprocal is rounded once, where exp((x - max) -
+// log(sum)) would carry the rounding of log(sum) (up to |log(sum)| / 2 ulp) into every probability.
+template <typename T>
+T inverse_sum(const RowStats& stats) {
+    return static_cast<T>(std::exp(-stats.log_sum));
+}
+
+template <typename T>
+void write_softmax(const T* x, T* out, std::int64_t n, const RowStats& stats) {
+    const T max = static_cast<T>(stats.max);
+    const T inverse = inverse_sum<T>(stats);
+    for (std::int64_t i = 0; i < n; ++i) out[i] = fast_exp(x[i] - max) * inverse;
+}
+
+// grad_i = scale * (p_i * a - b * w_i): the index-target gradient without its target term.
+template <typename T>
+void write_index_grad(const T* x, const T* weight, T* grad, std::int64_t n, const RowStats& stats,
+                      T a, T b, T scale) {
+    const T max = static_cast<T>(stats.max);
+    const T inverse = inverse_sum<T>(stats);
+    if (b == T(0)) {
+        const T coefficient = a * inverse * scale;
+        for (std::int64_t i = 0; i < n; ++i) grad[i] = fast_exp(x[i] - max) * coefficient;
+    } else if (weight == nullptr) {
+        for (std::int64_t i = 0; i < n; ++i) grad[i] = (fast_exp(x[i] - max) * inverse * a - b) * scale;
+    } else {
+        for (std::int64_t i = 0; i < n; ++i) {
+            grad[i] = (fast_exp(x[i] - max) * inverse * a - b * weight[i]) * scale;
+        }
+    }
+}
+
+// grad_i = scale * (p_i * U - u_i): the probability-target gradient.
+template <typename T>
+void write_probability_grad(const T* x, const T* y, const ProbabilityWeights<T>& u, T* grad,
+                            std::int64_t n, const RowStats& stats, T total, T scale) {
+    const T max = static_cast<T>(stats.max);
+    const T inverse = inverse_sum<T>(stats);
+    for (std::int64_t i = 0; i < n; ++i) {
+        grad[i] = (fast_exp(x[i] - max) * inverse * total - u.at(y, i)) * scale;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tiles of rows: lane l of class c is x[c * stride + l]. Statistics per lane, vectorised across lanes.
+
+template <typename T>
+struct TileStats {
+    T max[kTileLanes];
+    double sum[kTileLanes];
+    RowStats stats[kTileLanes];
+};
+
+template <typename T>
+void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
+                TileStats<T>& tile) {
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        tile.max[l] = negative_infinity<T>();
+        tile.sum[l] = 0.0;
+    }
+    for (std::int64_t c = 0; c < classes; ++c) {
+        const T* row = x + c * stride;
+        for (std::int64_t l = 0; l < lanes; ++l) tile.max[l] = row[l] > tile.max[l] ? row[l] : tile.max[l];
+    }
+    for (std::int64_t c = 0; c < classes; ++c) {
+        const T* row = x + c * stride;
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            tile.sum[l] += static_cast<double>(fast_exp(row[l] - tile.max[l]));
+        }
+    }
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        tile.stats[l] = RowStats{static_cast<double>(tile.max[l]), std::log(tile.sum[l])};
+    }
+}
+
+// Per lane: sum_c w_c * (x_c - max) in double.
+template <typename T>
+void tile_weighted_sum(const T* x, std::int64_t stride, const T* weight, std::int64_t classes,
+                       std::int64_t lanes, const T* max, double* out) {
+    for (std::int64_t l = 0; l < lanes; ++l) out[l] = 0.0;
+    for (std::int64_t c = 0; c < classes; ++c) {
+        const T* row = x + c * stride;
+        const double w = weight == nullptr ? 1.0 : static_cast<double>(weight[c]);
+        for (std::int64_t l = 0; l < lanes; ++l) out[l] += w * static_cast<double>(row[l] - max[l]);
+    }
+}
+
+// Per lane: sum_c u_c * (x_c - max) and sum_c u_c, with u from the probability target tile y.
+template <typename T>
+void tile_probability_sums(const T* x, std::int64_t stride, const T* y, std::int64_t y_stride,
+                           const ProbabilityWeights<T>& u, std::int64_t classes, std::int64_t lanes,
+                           const T* max, double* dot, double* total) {
+    for (std::int64_t l = 0; l < lanes; ++l) dot[l] = total[l] = 0.0;
+    for (std::int64_t c = 0; c < classes; ++c) {
+        const T* row = x + c * stride;
+        const T* target = y + c * y_stride;
+        const T w = u.weight == nullptr ? T(1) : u.weight[c];
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            const T weight_l = w * (u.keep * target[l] + u.uniform);
+            dot[l] += static_cast<double>(weight_l) * static_cast<double>(row[l] - max[l]);
+            total[l] += static_cast<double>(weight_l);
+        }
+    }
+}
+
+// Copies a tile of `lanes` contiguous rows of `classes` elements (rows `row_stride` apart) into
+// tile[c * kTileLanes + l], and back.
+template <typename T>
+void transpose_into_tile(const T* rows, std::int64_t row_stride, std::int64_t classes,
+                         std::int64_t lanes, T* tile) {
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        const T* row = rows + l * row_stride;
+        for (std::int64_t c = 0; c < classes; ++c) tile[c * kTileLanes + l] = row[c];
+    }
+}
+
+template <typename T>
+void transpose_from_tile(const T* tile, std::int64_t classes, std::int64_t lanes, T* rows) {
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        T* row = rows + l * classes;
+        for (std::int64_t c = 0; c < classes; ++c) row[c] = tile[c * kTileLanes + l];
+    }
+}
+
+// Note: logsumexp at infinities. A row whose max is +inf has logsumexp +inf, a row of -inf has -inf
+// (PyTorch shifts by 0 instead of an infinite max); a NaN anywhere in the row gives NaN. The shifted
+// sum cannot tell these apart (inf - inf), so this rare case looks at the row again.
+template <typename T>
+double logsumexp_from_stats(const RowStats& stats, const T* x, std::int64_t stride, std::int64_t n) {
+    if (!std::isinf(stats.max)) return stats.max + stats.log_sum;
+    for (std::int64_t i = 0; i < n; ++i) {
+        if (std::isnan(x[i * stride])) return std::numeric_limits<double>::quiet_NaN();
+    }
+    return stats.max;
+}
+
+}  // namespace
+}  // namespace fastxent

@@ -1,0 +1,110 @@
+// log_softmax, softmax and logsumexp over the class axis. Compiled once per instruction set
+// (FASTXENT_ISA names the namespace; see CMakeLists.txt).
+#include "kernels.h"
+#include "parallel.h"
+#include "row_engine.h"
+
+namespace fastxent {
+namespace FASTXENT_ISA {
+namespace {
+
+// One contiguous row: statistics, then the output row (or its logsumexp).
+template <typename T>
+void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row) {
+    const std::int64_t classes = problem.view.classes;
+    const RowStats stats = row_stats(x, classes);
+    switch (problem.op) {
+        case SoftmaxOp::log_softmax:
+            write_log_softmax(x, problem.output + row * classes, classes, stats);
+            break;
+        case SoftmaxOp::softmax:
+            write_softmax(x, problem.output + row * classes, classes, stats);
+            break;
+        case SoftmaxOp::logsumexp:
+            problem.output[row] = static_cast<T>(logsumexp_from_stats(stats, x, 1, classes));
+            break;
+    }
+}
+
+// A tile of `lanes` rows laid out as x[c * stride + l]; outputs go to out[c * out_stride + l] (or
+// out[l] for logsumexp).
+template <typename T>
+void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
+                  T* out, std::int64_t out_stride) {
+    TileStats<T> tile;
+    tile_stats(x, stride, classes, lanes, tile);
+    if (op == SoftmaxOp::logsumexp) {
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            out[l] = static_cast<T>(logsumexp_from_stats(tile.stats[l], x + l, stride, classes));
+        }
+        return;
+    }
+    T log_sum[kTileLanes];  // (x - max) - log(sum), in that order, as in write_log_softmax
+    T scale[kTileLanes];
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        log_sum[l] = static_cast<T>(tile.stats[l].log_sum);
+        scale[l] = inverse_sum<T>(tile.stats[l]);
+    }
+    for (std::int64_t c = 0; c < classes; ++c) {
+        const T* in_row = x + c * stride;
+        T* out_row = out + c * out_stride;
+        if (op == SoftmaxOp::log_softmax) {
+            for (std::int64_t l = 0; l < lanes; ++l) out_row[l] = (in_row[l] - tile.max[l]) - log_sum[l];
+        } else {
+            for (std::int64_t l = 0; l < lanes; ++l) out_row[l] = fast_exp(in_row[l] - tile.max[l]) * scale[l];
+        }
+    }
+}
+
+template <typename T>
+void softmax_kernel(const SoftmaxProblem<T>& problem) {
+    const ClassAxisView& view = problem.view;
+    const WorkPlan plan = plan_work(view);
+    const std::int64_t rows = view.rows();
+    const std::int64_t classes = view.classes;
+    const bool reduces = problem.op == SoftmaxOp::logsumexp;
+    const int threads = threads_for(plan.items, view.size());
+
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (std::int64_t item = 0; item < plan.items; ++item) {
+        if (plan.strategy == Strategy::rows) {
+            const std::int64_t first = item * plan.rows_per_item;
+            const std::int64_t last = first + plan.rows_per_item < rows ? first + plan.rows_per_item : rows;
+            for (std::int64_t row = first; row < last; ++row) {
+                softmax_row(problem, problem.input + row * view.outer_stride, row);
+            }
+        } else if (plan.strategy == Strategy::columns) {
+            const std::int64_t tiles_per_outer = (view.inner + kTileLanes - 1) / kTileLanes;
+            const std::int64_t outer = item / tiles_per_outer;
+            const std::int64_t lane0 = (item % tiles_per_outer) * kTileLanes;
+            const std::int64_t lanes = view.inner - lane0 < kTileLanes ? view.inner - lane0 : kTileLanes;
+            const T* x = problem.input + outer * view.outer_stride + lane0;
+            T* out = reduces ? problem.output + outer * view.inner + lane0
+                             : problem.output + outer * classes * view.inner + lane0;
+            softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner);
+        } else {
+            const std::int64_t first = item * kTileLanes;
+            const std::int64_t lanes = rows - first < kTileLanes ? rows - first : kTileLanes;
+            T tile_in[kSmallClasses * kTileLanes];
+            T tile_out[kSmallClasses * kTileLanes];
+            transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
+                                tile_in);
+            if (reduces) {
+                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, problem.output + first, 0);
+            } else {
+                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, tile_out, kTileLanes);
+                transpose_from_tile(tile_out, classes, lanes, problem.output + first * classes);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void register_softmax_kernels(KernelTable& table) {
+    table.softmax_float = softmax_kernel<float>;
+    table.softmax_double = softmax_kernel<double>;
+}
+
+}  // namespace FASTXENT_ISA
+}  // namespace fastxent

@@ -1,0 +1,25 @@
+#include "kernels.h"
+
+namespace fastxent {
+namespace {
+
+// A rows-strategy work item holds about this many elements (whole rows, at least one).
+constexpr std::int64_t kItemElements = 1 << 15;
+
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+WorkPlan plan_work(const ClassAxisView& view) {
+    if (view.inner > 1) {
+        return WorkPlan{Strategy::columns, kTileLanes, view.outer * ceil_div(view.inner, kTileLanes)};
+    }
+    if (view.classes <= kSmallClasses) {
+        return WorkPlan{Strategy::small_rows, kTileLanes, ceil_div(view.rows(), kTileLanes)};
+    }
+    std::int64_t rows_per_item = kItemElements / view.classes;
+    if (rows_per_item < 1) rows_per_item = 1;
+    return WorkPlan{Strategy::rows, rows_per_item, ceil_div(view.rows(), rows_per_item)};
+}
+
+}  // namespace fastxent

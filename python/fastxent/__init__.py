@@ -1,0 +1,53 @@
+"""fastxent: fast, exact softmax cross-entropy on the CPU, with PyTorch's semantics.
+
+The kernels live in the compiled module ``fastxent._core``; this package is a thin layer that
+normalises arguments and calls it once per function.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from . import _core
+from ._functional import (
+    cross_entropy,
+    cross_entropy_grad,
+    cross_entropy_with_grad,
+    log_softmax,
+    logsumexp,
+    nll_loss,
+    softmax,
+)
+from ._loss import CrossEntropyLoss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CrossEntropyLoss",
+    "cpu_info",
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_grad",
+    "get_num_threads",
+    "log_softmax",
+    "logsumexp",
+    "nll_loss",
+    "set_num_threads",
+    "softmax",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of threads the kernels use (at least 1). Results do not depend on it."""
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """The number of threads the kernels use (initially OpenMP's default: OMP_NUM_THREADS or the cores)."""
+    return _core.get_num_threads()
+
+
+def cpu_info() -> Dict[str, Any]:
+    """What this build runs on: ``isa`` (the instruction set in use: ``baseline``, ``avx2`` or
+    ``avx512``; ``FASTXENT_ISA`` forces one), ``supported_isas``, ``num_threads`` and ``openmp``."""
+    return dict(_core.cpu_info())

@@ -1,0 +1,218 @@
+"""Argument normalisation shared by the public functions.
+
+Everything here turns what the caller passed into what ``_core`` takes: float32/float64 arrays, the
+class axis as an (outer, classes, inner) view with element strides, int64 index targets, and
+validated options. Every check of SPEC's error table that does not need to look at every element is
+made here, before any output is written; target values are checked by ``_core``, also before writing.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+SOFTMAX_OPS = {"log_softmax": 0, "softmax": 1, "logsumexp": 2}
+
+_FLOAT16 = np.dtype(np.float16)
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
+
+View = Tuple[int, int, int, int, int]
+
+
+def logits(x: Any, name: str = "input") -> Tuple[np.ndarray, np.dtype]:
+    """Returns ``(array to compute on, dtype of the results)``; float16 is computed in float32."""
+    array = x if type(x) is np.ndarray else np.asarray(x)
+    dtype = array.dtype
+    if dtype == _FLOAT32 or dtype == _FLOAT64:
+        result = array
+    elif dtype == _FLOAT16:
+        result = array.astype(_FLOAT32)
+    else:
+        raise TypeError(f"{name} must be an array of float16, float32 or float64 values, got dtype {dtype}")
+    if array.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
+    return result, dtype
+
+
+def class_axis(ndim: int, axis: Any, pytorch_default: bool) -> int:
+    """The class axis in [0, ndim). ``None`` means PyTorch's convention when ``pytorch_default``."""
+    if axis is None:
+        if not pytorch_default:
+            raise ValueError("axis must be an integer, got None")
+        return 0 if ndim == 1 else 1
+    if isinstance(axis, (bool, np.bool_)):
+        raise ValueError(f"axis must be an integer, got {axis!r}")
+    try:
+        index = operator.index(axis)
+    except TypeError:
+        raise ValueError(f"axis must be an integer, got {axis!r}") from None
+    if not -ndim <= index < ndim:
+        raise ValueError(f"axis {index} is out of bounds for an array of dimension {ndim}")
+    return index % ndim
+
+
+def class_view(array: np.ndarray, axis: int) -> Tuple[np.ndarray, View]:
+    """Sees ``array`` as (outer, classes, inner) with element strides, without a copy when the
+    inner axes are C-contiguous and the outer axes collapse to one stride; otherwise copies once."""
+    shape = array.shape
+    classes = shape[axis]
+    outer = 1
+    for extent in shape[:axis]:
+        outer *= extent
+    inner = 1
+    for extent in shape[axis + 1 :]:
+        inner *= extent
+    view = _strided_view(array, axis, classes, outer, inner)
+    if view is None:
+        array = np.ascontiguousarray(array)
+        view = (outer, classes, inner, classes * inner, inner)
+    return array, view
+
+
+def _strided_view(array: np.ndarray, axis: int, classes: int, outer: int, inner: int) -> Optional[View]:
+    shape, strides, item = array.shape, array.strides, array.itemsize
+    if array.size == 0:
+        return (outer, classes, inner, classes * inner, inner)
+    if any(stride % item for stride in strides):
+        return None
+    expected = item
+    for dim in range(array.ndim - 1, axis, -1):
+        if shape[dim] != 1 and strides[dim] != expected:
+            return None
+        expected *= shape[dim]
+    if classes == 1:
+        class_stride = inner
+    else:
+        class_stride = strides[axis] // item
+        if inner == 1 and class_stride != 1:
+            return None
+    outer_stride = None
+    run = 1
+    for dim in range(axis - 1, -1, -1):
+        if shape[dim] == 1:
+            continue
+        if outer_stride is None:
+            outer_stride, run = strides[dim] // item, shape[dim]
+        elif strides[dim] // item != outer_stride * run:
+            return None
+        else:
+            run *= shape[dim]
+    if outer_stride is None:
+        outer_stride = classes * inner
+    return (outer, classes, inner, outer_stride, class_stride)
+
+
+def reduction_code(reduction: Any) -> int:
+    code = REDUCTIONS.get(reduction) if isinstance(reduction, str) else None
+    if code is None:
+        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    return code
+
+
+def smoothing(label_smoothing: Any) -> float:
+    try:
+        value = float(label_smoothing)
+    except (TypeError, ValueError):
+        raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}") from None
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"label_smoothing must be in [0, 1], got {value}")
+    return value
+
+
+def ignore(ignore_index: Any) -> int:
+    if isinstance(ignore_index, (bool, np.bool_)):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    try:
+        return operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
+
+
+def class_weight(weight: Any, classes: int, dtype: np.dtype) -> Optional[np.ndarray]:
+    if weight is None:
+        return None
+    array = weight if type(weight) is np.ndarray else np.asarray(weight)
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"weight must be an array of real numbers, got dtype {array.dtype}")
+    if array.ndim != 1 or array.shape[0] != classes:
+        raise ValueError(f"weight must be a 1-D array of length {classes} (the number of classes), got shape {array.shape}")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+class Targets(NamedTuple):
+    index: Optional[np.ndarray]  # int64, C-contiguous, the row shape
+    probability: Optional[np.ndarray]  # the input's dtype, C-contiguous, the input's shape
+
+
+def targets(target: Any, x: np.ndarray, axis: int, original_shape: Tuple[int, ...]) -> Targets:
+    array = target if type(target) is np.ndarray else np.asarray(target)
+    kind = array.dtype.kind
+    row_shape = original_shape[:axis] + original_shape[axis + 1 :]
+    if kind in "iu":
+        shape = array.shape
+        if len(original_shape) == 1 and shape == (1,):
+            array = array.reshape(())
+        elif shape != row_shape:
+            raise ValueError(
+                f"target shape {shape} does not match input shape {original_shape}: class indices need "
+                f"shape {row_shape} (the input's shape without the class axis {axis})"
+            )
+        if array.dtype == np.dtype(np.uint64) and array.size and array.max() > np.iinfo(np.int64).max:
+            raise IndexError(f"target {array.max()} is out of bounds for {original_shape[axis]} classes")
+        return Targets(np.ascontiguousarray(array, dtype=np.int64), None)
+    if kind == "f":
+        if array.shape != original_shape:
+            raise ValueError(
+                f"target shape {array.shape} does not match input shape {original_shape}: class "
+                f"probabilities need the input's shape"
+            )
+        return Targets(None, np.ascontiguousarray(array, dtype=x.dtype))
+    raise TypeError(
+        f"target must hold class indices (an integer dtype) or class probabilities (a float dtype), got dtype {array.dtype}"
+    )
+
+
+def output(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Tuple[Any, ...]) -> np.ndarray:
+    """Checks an ``out=`` array: C-contiguous, writeable, exactly ``shape`` and ``dtype``, and not
+    overlapping any input."""
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, expected {shape}")
+    if out.dtype != dtype:
+        raise ValueError(f"out has dtype {out.dtype}, expected {dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    for array in inputs:
+        if isinstance(array, np.ndarray) and np.may_share_memory(out, array):
+            raise ValueError("out must not overlap an input array")
+    return out
+
+
+def grad_rows(grad_output: Any, code: int, row_shape: Tuple[int, ...], dtype: np.dtype) -> Tuple[float, Optional[np.ndarray]]:
+    """``grad_output`` as (scalar, per-row array or None)."""
+    array = grad_output if type(grad_output) is np.ndarray else np.asarray(grad_output)
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"grad_output must be real, got dtype {array.dtype}")
+    if array.ndim == 0:
+        return float(array), None
+    if code != REDUCTIONS["none"]:
+        raise ValueError(f"grad_output must be a scalar for a reduced loss, got shape {array.shape}")
+    if array.shape != row_shape:
+        raise ValueError(f"grad_output has shape {array.shape}, expected a scalar or the loss shape {row_shape}")
+    return 1.0, np.ascontiguousarray(array, dtype=dtype)
+
+
+def reduce(total: float, denominator: float, code: int, dtype: np.dtype) -> Any:
+    if code == REDUCTIONS["mean"]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = np.float64(total) / np.float64(denominator)
+    else:
+        value = np.float64(total)
+    return dtype.type(value)

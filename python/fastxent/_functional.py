@@ -1,0 +1,252 @@
+"""The public functions: normalise the arguments, call ``_core`` once, return."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _arguments as args
+from . import _core
+
+ArrayLike = Any
+Loss = Union[np.floating, np.ndarray]
+
+
+def _softmax_family(x: ArrayLike, axis: Any, op: str, out: Optional[np.ndarray]) -> np.ndarray:
+    array, dtype = args.logits(x)
+    axis = args.class_axis(array.ndim, axis, pytorch_default=False)
+    shape = array.shape if op != "logsumexp" else array.shape[:axis] + array.shape[axis + 1 :]
+    if out is not None:
+        args.output(out, shape, dtype, (x, array))
+    array, view = args.class_view(array, axis)
+    compute_dtype = array.dtype
+    result = out if out is not None and dtype == compute_dtype else np.empty(shape, compute_dtype)
+    _core.softmax(array, view, args.SOFTMAX_OPS[op], result)
+    if result.dtype != dtype:
+        if out is None:
+            return result.astype(dtype)
+        out[...] = result
+        return out
+    return result
+
+
+def log_softmax(x: ArrayLike, axis: int = -1, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Log of the softmax along ``axis``: ``(x - max) - log(sum(exp(x - max)))``.
+
+    ``x`` is any array of float16, float32 or float64 (float16 is computed in float32); ``out``, if
+    given, is a C-contiguous writeable array of ``x``'s shape and dtype that receives the result.
+    Masked logits (``-inf``) give ``-inf``; a row of only ``-inf`` gives NaN, as in PyTorch.
+    """
+    return _softmax_family(x, axis, "log_softmax", out)
+
+
+def softmax(x: ArrayLike, axis: int = -1, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))``. Arguments as ``log_softmax``."""
+    return _softmax_family(x, axis, "softmax", out)
+
+
+def logsumexp(x: ArrayLike, axis: int = -1) -> np.ndarray:
+    """``log(sum(exp(x)))`` along ``axis``, computed stably; the result has ``axis`` removed.
+
+    A row of only ``-inf`` gives ``-inf``, any ``+inf`` gives ``+inf``, NaN propagates, and an empty
+    axis gives ``-inf``.
+    """
+    return _softmax_family(x, axis, "logsumexp", None)
+
+
+class _Problem(NamedTuple):
+    """A cross-entropy call, normalised."""
+
+    array: np.ndarray  # float32/float64, possibly strided as described by view
+    view: args.View
+    shape: Tuple[int, ...]  # the input's shape
+    row_shape: Tuple[int, ...]  # the unreduced loss's shape
+    dtype: np.dtype  # the results' dtype (the input's; float16 for float16 input)
+    targets: args.Targets
+    weight: Optional[np.ndarray]
+    ignore_index: int
+    label_smoothing: float
+    reduction: int
+
+    @property
+    def rows(self) -> int:
+        return self.view[0] * self.view[2]
+
+    def run(
+        self,
+        *,
+        row_loss: Optional[np.ndarray] = None,
+        grad: Optional[np.ndarray] = None,
+        grad_output: float = 1.0,
+        grad_rows: Optional[np.ndarray] = None,
+        save_stats: Optional[np.ndarray] = None,
+        saved_stats: Optional[np.ndarray] = None,
+        want_sum: bool = False,
+    ) -> Tuple[float, float]:
+        return _core.cross_entropy(
+            self.array,
+            self.view,
+            self.targets.index,
+            self.targets.probability,
+            self.weight,
+            self.ignore_index,
+            self.label_smoothing,
+            self.reduction,
+            grad_output,
+            grad_rows,
+            row_loss,
+            grad,
+            save_stats,
+            saved_stats,
+            want_sum,
+        )
+
+
+def _prepare(
+    input: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike,
+    axis: Any,
+    ignore_index: Any,
+    reduction: Any,
+    label_smoothing: Any,
+) -> _Problem:
+    array, dtype = args.logits(input)
+    axis = args.class_axis(array.ndim, axis, pytorch_default=True)
+    code = args.reduction_code(reduction)
+    smoothing = args.smoothing(label_smoothing)
+    ignore = args.ignore(ignore_index)
+    shape = array.shape
+    targets = args.targets(target, array, axis, shape)
+    class_weight = args.class_weight(weight, shape[axis], array.dtype)
+    array, view = args.class_view(array, axis)
+    row_shape = shape[:axis] + shape[axis + 1 :]
+    return _Problem(array, view, shape, row_shape, dtype, targets, class_weight, ignore, smoothing, code)
+
+
+def _loss(problem: _Problem, **run_options: Any) -> Loss:
+    """Runs the forward pass (plus whatever ``run_options`` ask) and returns the loss."""
+    if problem.reduction == args.REDUCTIONS["none"]:
+        row_loss = np.empty(problem.row_shape, problem.array.dtype)
+        problem.run(row_loss=row_loss, **run_options)
+        return row_loss.astype(problem.dtype, copy=False)
+    total, denominator = problem.run(want_sum=True, **run_options)
+    return args.reduce(total, denominator, problem.reduction, problem.dtype)
+
+
+def _grad_buffers(problem: _Problem, grad_output: Any, out: Optional[np.ndarray], inputs: Tuple[Any, ...]):
+    scalar, rows = args.grad_rows(grad_output, problem.reduction, problem.row_shape, problem.array.dtype)
+    if out is not None:
+        args.output(out, problem.shape, problem.dtype, inputs)
+    direct = out is not None and out.dtype == problem.array.dtype
+    grad = out if direct else np.empty(problem.shape, problem.array.dtype)
+    return scalar, rows, grad
+
+
+def _finish_grad(grad: np.ndarray, problem: _Problem, out: Optional[np.ndarray]) -> np.ndarray:
+    if out is not None and out is not grad:
+        out[...] = grad
+        return out
+    return grad.astype(problem.dtype, copy=False)
+
+
+def cross_entropy(
+    input: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike = None,
+    *,
+    axis: Optional[int] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Loss:
+    """Softmax cross-entropy, as ``torch.nn.functional.cross_entropy``.
+
+    ``input`` holds logits (float16, float32 or float64, any layout); ``axis`` is the class axis
+    (``None``: 0 for 1-D input, else 1). ``target`` holds class indices of any integer dtype, of the
+    input's shape without the class axis, or class probabilities of the input's shape. ``weight``
+    is an optional 1-D array of per-class weights. Rows whose index target equals ``ignore_index``
+    are dropped. ``reduction`` is ``"mean"`` (divided by the summed weights of the kept rows; by the
+    number of rows for probability targets), ``"sum"`` or ``"none"``. ``label_smoothing`` in [0, 1]
+    mixes the target with the uniform distribution.
+
+    Returns a NumPy scalar of the input's dtype for ``"mean"``/``"sum"`` (accumulated in float64),
+    else an array of the per-row losses. Raises ``IndexError`` for a target outside [0, C),
+    ``ValueError`` for mismatched shapes or bad options, ``TypeError`` for non-float logits.
+    """
+    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing)
+    return _loss(problem)
+
+
+def cross_entropy_grad(
+    input: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike = None,
+    *,
+    axis: Optional[int] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    grad_output: ArrayLike = 1.0,
+    out: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """d loss / d input for ``cross_entropy`` with the same arguments, shaped like ``input``.
+
+    ``grad_output`` is the gradient flowing into the loss: a scalar, or for ``reduction="none"`` an
+    array of the per-row loss shape. ``out``, if given, is a C-contiguous writeable array of the
+    input's shape and dtype, filled and returned. Nothing is written when an argument is invalid.
+    """
+    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing)
+    scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight))
+    problem.run(grad=grad, grad_output=scalar, grad_rows=rows)
+    return _finish_grad(grad, problem, out)
+
+
+def cross_entropy_with_grad(
+    input: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike = None,
+    *,
+    axis: Optional[int] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    grad_output: ArrayLike = 1.0,
+    out: Optional[np.ndarray] = None,
+) -> Tuple[Loss, np.ndarray]:
+    """``(cross_entropy(...), cross_entropy_grad(...))`` from one pass over the logits: each row is
+    read once, and its gradient written straight into the result (or ``out``)."""
+    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing)
+    scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight))
+    loss = _loss(problem, grad=grad, grad_output=scalar, grad_rows=rows)
+    return loss, _finish_grad(grad, problem, out)
+
+
+def nll_loss(
+    log_probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike = None,
+    *,
+    axis: Optional[int] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Loss:
+    """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``:
+    ``-w[t] * log_probs[t]`` per row, reduced like ``cross_entropy``. Index targets only."""
+    array, dtype = args.logits(log_probs, "log_probs")
+    axis = args.class_axis(array.ndim, axis, pytorch_default=True)
+    code = args.reduction_code(reduction)
+    ignore = args.ignore(ignore_index)
+    shape = array.shape
+    targets = args.targets(target, array, axis, shape)
+    if targets.index is None:
+        raise TypeError("nll_loss takes class indices (an integer dtype) as target")
+    class_weight = args.class_weight(weight, shape[axis], array.dtype)
+    array, view = args.class_view(array, axis)
+    row_shape = shape[:axis] + shape[axis + 1 :]
+    row_loss = np.empty(row_shape, array.dtype) if code == args.REDUCTIONS["none"] else None
+    total, denominator = _core.nll_loss(array, view, targets.index, class_weight, ignore, row_loss)
+    if row_loss is not None:
+        return row_loss.astype(dtype, copy=False)
+    return args.reduce(total, denominator, code, dtype)

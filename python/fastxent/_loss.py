@@ -1,0 +1,70 @@
+"""The loss class: a forward call that remembers what its backward needs."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _arguments as args
+from ._functional import ArrayLike, Loss, _finish_grad, _grad_buffers, _loss, _prepare, _Problem
+
+
+class CrossEntropyLoss:
+    """Softmax cross-entropy as a callable, like ``torch.nn.CrossEntropyLoss``, with a backward.
+
+    ``loss = crit(input, target)`` (or ``crit.forward``) computes ``cross_entropy`` with the options
+    given here; ``crit.backward(grad_output=1.0)`` returns d loss / d input of the last call. Between
+    the two it keeps references to the input and target (not copies: do not modify them in place
+    before ``backward``) and the per-row max and log-sum-exp, 16 bytes a row, so that ``backward``
+    reads the logits once and no N x C buffer is kept.
+    """
+
+    def __init__(
+        self,
+        weight: ArrayLike = None,
+        *,
+        axis: Optional[int] = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        args.reduction_code(reduction)
+        args.smoothing(label_smoothing)
+        args.ignore(ignore_index)
+        self.weight = None if weight is None else np.asarray(weight)
+        self.axis = axis
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self._problem: Optional[_Problem] = None
+        self._stats: Optional[np.ndarray] = None
+
+    def forward(self, input: ArrayLike, target: ArrayLike) -> Loss:
+        """The loss of ``input`` against ``target``; remembers what ``backward`` needs."""
+        problem = _prepare(
+            input, target, self.weight, self.axis, self.ignore_index, self.reduction, self.label_smoothing
+        )
+        stats = np.empty((problem.rows, 2), np.float64)
+        loss = _loss(problem, save_stats=stats)
+        self._problem, self._stats = problem, stats
+        return loss
+
+    __call__ = forward
+
+    def backward(self, grad_output: ArrayLike = 1.0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """d loss / d input of the last ``forward`` call, times ``grad_output`` (a scalar, or for
+        ``reduction="none"`` an array of the loss's shape). ``out`` as in ``cross_entropy_grad``."""
+        problem = self._problem
+        if problem is None:
+            raise RuntimeError("backward() was called before forward(): there is no loss to differentiate")
+        scalar, rows, grad = _grad_buffers(problem, grad_output, out, (problem.array,))
+        problem.run(grad=grad, grad_output=scalar, grad_rows=rows, saved_stats=self._stats)
+        return _finish_grad(grad, problem, out)
+
+    def __repr__(self) -> str:
+        weight = None if self.weight is None else f"array(shape={self.weight.shape})"
+        return (
+            f"CrossEntropyLoss(weight={weight}, axis={self.axis}, ignore_index={self.ignore_index}, "
+            f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing})"
+        )
