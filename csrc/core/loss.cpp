@@ -17,8 +17,6 @@
 namespace fastxent {
 namespace FASTXENT_ISA {
 
-void register_softmax_kernels(KernelTable& table);  // softmax.cpp
-
 namespace {
 
 // What every row of one call shares.
@@ -73,7 +71,7 @@ struct LossContext {
     // The target's own gradient, in double: it cancels (p_t close to 1), so it is not left to the vector loop.
     double target_grad(const RowStats& stats, double target_logit, std::int64_t t, double scale) const {
         const double weight_t = class_weight(t);
-        const double p_t = std::exp((target_logit - stats.max) - stats.log_sum);
+        const double p_t = exp_double((target_logit - stats.max) - stats.log_sum);
         return (p_t * grad_a(weight_t) - grad_b() * weight_t - (1.0 - smoothing) * weight_t) * scale;
     }
 };
@@ -127,7 +125,8 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row) {
 
 // A tile of `lanes` consecutive rows starting at `row0`: class c of lane l at x[c * stride + l], its
 // probability target at y[c * y_stride + l], its gradient at grad[c * grad_stride + l]. Returns the
-// sum of the tile's losses, added in row order.
+// sum of the tile's losses, added in row order. Per-lane work is done in arrays so that it vectorises
+// across rows; only the target gathers and scatters are scalar.
 template <typename T>
 double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, const T* y, std::int64_t y_stride,
                  T* grad, std::int64_t grad_stride, std::int64_t row0, std::int64_t lanes) {
@@ -135,64 +134,72 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     const std::int64_t classes = ctx.classes;
     TileStats<T> tile;
     if (p.saved_stats != nullptr) {
-        for (std::int64_t l = 0; l < lanes; ++l) {
-            tile.stats[l] = p.saved_stats[row0 + l];
-            tile.max[l] = static_cast<T>(tile.stats[l].max);
-        }
+        load_tile_stats(p.saved_stats + row0, lanes, tile);
     } else {
         tile_stats(x, stride, classes, lanes, tile);
     }
     if (p.save_stats != nullptr) {
-        for (std::int64_t l = 0; l < lanes; ++l) p.save_stats[row0 + l] = tile.stats[l];
+        for (std::int64_t l = 0; l < lanes; ++l) p.save_stats[row0 + l] = tile.row(l);
     }
 
     double dot[kTileLanes];    // S (smoothing) or sum_c u_c (x_c - max) (probability targets)
     double total[kTileLanes];  // U (probability targets)
+    double loss[kTileLanes];
+    double scale[kTileLanes];
+    double a[kTileLanes];      // the gradient's p_j coefficient
     const bool index_targets = p.target_index != nullptr;
-    if (!index_targets) {
-        tile_probability_sums(x, stride, y, y_stride, ctx.probability, classes, lanes, tile.max, dot, total);
-    } else if (ctx.smoothing > 0.0 && ctx.needs_loss) {
-        tile_weighted_sum(x, stride, p.weight, classes, lanes, tile.max, dot);
-    }
+    const double smoothing = ctx.smoothing;
+    for (std::int64_t l = 0; l < lanes; ++l) scale[l] = ctx.row_scale(row0 + l);
 
-    // Per-lane losses and gradient coefficients.
-    double loss_sum = 0.0;
-    T coefficient[kTileLanes];  // index: a * scale / sum;  probability: U * scale / sum
-    T scale[kTileLanes];
-    for (std::int64_t l = 0; l < lanes; ++l) {
-        const std::int64_t row = row0 + l;
-        double loss = 0.0;
-        double row_scale = ctx.row_scale(row);
-        double a = 0.0;
-        if (index_targets) {
-            if (ctx.ignored(row)) {
-                row_scale = 0.0;
-            } else {
-                const std::int64_t t = p.target_index[row];
-                const double weight_t = ctx.class_weight(t);
-                a = ctx.grad_a(weight_t);
-                if (ctx.needs_loss) {
-                    loss = ctx.index_loss(tile.stats[l], static_cast<double>(x[t * stride + l]), weight_t, dot[l]);
-                }
-            }
-        } else {
-            loss = -(dot[l] - total[l] * tile.stats[l].log_sum);
-            a = total[l];
+    double target_logit[kTileLanes];
+    double weight_t[kTileLanes];
+    bool kept[kTileLanes];
+    if (index_targets) {
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            const std::int64_t t = p.target_index[row0 + l];
+            kept[l] = t != p.ignore_index;
+            target_logit[l] = kept[l] ? static_cast<double>(x[t * stride + l]) : 0.0;
+            weight_t[l] = kept[l] ? ctx.class_weight(t) : 0.0;
         }
-        if (p.row_loss != nullptr) p.row_loss[row] = static_cast<T>(loss);
-        loss_sum += loss;
-        coefficient[l] = static_cast<T>(a * row_scale * std::exp(-tile.stats[l].log_sum));
-        scale[l] = static_cast<T>(row_scale);
+        const bool smoothed_loss = smoothing > 0.0 && ctx.needs_loss;
+        if (smoothed_loss) tile_weighted_sum(x, stride, p.weight, classes, lanes, tile.max, dot);
+        const double uniform = smoothing / static_cast<double>(classes);
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            const double log_sum = tile.log_sum[l];
+            const double log_prob_t = (target_logit[l] - static_cast<double>(tile.max[l])) - log_sum;
+            double value = (1.0 - smoothing) * (-weight_t[l] * log_prob_t);
+            if (smoothed_loss) value += uniform * -(dot[l] - ctx.weight_total * log_sum);
+            loss[l] = kept[l] ? value : 0.0;
+            scale[l] = kept[l] ? scale[l] : 0.0;
+            a[l] = (1.0 - smoothing) * weight_t[l] + smoothing * ctx.weight_total / static_cast<double>(classes);
+        }
+    } else {
+        tile_probability_sums(x, stride, y, y_stride, ctx.probability, classes, lanes, tile.max, dot, total);
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            loss[l] = -(dot[l] - total[l] * tile.log_sum[l]);
+            a[l] = total[l];
+        }
+    }
+    double loss_sum = 0.0;
+    for (std::int64_t l = 0; l < lanes; ++l) loss_sum += loss[l];
+    if (p.row_loss != nullptr) {
+        for (std::int64_t l = 0; l < lanes; ++l) p.row_loss[row0 + l] = static_cast<T>(loss[l]);
     }
     if (grad == nullptr) return loss_sum;
 
+    T coefficient[kTileLanes];  // a * scale / sum
+    T lane_scale[kTileLanes];
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        coefficient[l] = static_cast<T>(a[l] * scale[l] * tile.inverse[l]);
+        lane_scale[l] = static_cast<T>(scale[l]);
+    }
     for (std::int64_t c = 0; c < classes; ++c) {
         const T* in_row = x + c * stride;
         T* out_row = grad + c * grad_stride;
         if (index_targets) {
             const T b_w = static_cast<T>(ctx.grad_b() * ctx.class_weight(c));
             for (std::int64_t l = 0; l < lanes; ++l) {
-                out_row[l] = fast_exp(in_row[l] - tile.max[l]) * coefficient[l] - b_w * scale[l];
+                out_row[l] = fast_exp(in_row[l] - tile.max[l]) * coefficient[l] - b_w * lane_scale[l];
             }
         } else {
             const T* target = y + c * y_stride;
@@ -200,19 +207,23 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             const ProbabilityWeights<T>& u = ctx.probability;
             for (std::int64_t l = 0; l < lanes; ++l) {
                 out_row[l] = fast_exp(in_row[l] - tile.max[l]) * coefficient[l] -
-                             w * (u.keep * target[l] + u.uniform) * scale[l];
+                             w * (u.keep * target[l] + u.uniform) * lane_scale[l];
             }
         }
     }
     if (index_targets) {
+        // The target's own gradient in double (see LossContext::target_grad), then scattered.
+        double target_grad[kTileLanes];
+        const double b = ctx.grad_b();
         for (std::int64_t l = 0; l < lanes; ++l) {
-            const std::int64_t row = row0 + l;
-            if (ctx.ignored(row)) {
-                for (std::int64_t c = 0; c < classes; ++c) grad[c * grad_stride + l] = T(0);
+            const double p_t = exp_double((target_logit[l] - static_cast<double>(tile.max[l])) - tile.log_sum[l]);
+            target_grad[l] = (p_t * a[l] - b * weight_t[l] - (1.0 - smoothing) * weight_t[l]) * scale[l];
+        }
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            if (kept[l]) {
+                grad[p.target_index[row0 + l] * grad_stride + l] = static_cast<T>(target_grad[l]);
             } else {
-                const std::int64_t t = p.target_index[row];
-                grad[t * grad_stride + l] = static_cast<T>(
-                    ctx.target_grad(tile.stats[l], static_cast<double>(x[t * stride + l]), t, ctx.row_scale(row)));
+                for (std::int64_t c = 0; c < classes; ++c) grad[c * grad_stride + l] = T(0);
             }
         }
     }
@@ -268,9 +279,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
 
 }  // namespace
 
-void register_kernels(KernelTable& table) {
-    table.isa = FASTXENT_ISA_NAME;
-    register_softmax_kernels(table);
+void register_loss_kernels(KernelTable& table) {
     table.cross_entropy_float = cross_entropy_kernel<float>;
     table.cross_entropy_double = cross_entropy_kernel<double>;
 }

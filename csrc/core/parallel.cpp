@@ -40,9 +40,27 @@ void mark_forked_child() { forked_child.store(true); }
 
 }  // namespace
 
-int max_threads() { return forked_child.load() ? 1 : thread_setting().load(); }
+// Note: OpenMP's own setting. set_max_threads also sets OpenMP's thread count of the calling thread,
+// and max_threads takes the smaller of the two, so that tools that limit OpenMP from the outside
+// (threadpoolctl's threadpool_limits, which calls omp_set_num_threads) limit fastxent too.
+int max_threads() {
+    if (forked_child.load()) return 1;
+    const int setting = thread_setting().load();
+#ifdef _OPENMP
+    const int openmp = omp_get_max_threads();
+    return openmp < setting ? openmp : setting;
+#else
+    return setting;
+#endif
+}
 
-void set_max_threads(int n) { thread_setting().store(n < 1 ? 1 : n); }
+void set_max_threads(int n) {
+    if (n < 1) n = 1;
+    thread_setting().store(n);
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+}
 
 bool openmp_enabled() {
 #ifdef _OPENMP

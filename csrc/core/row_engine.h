@@ -162,7 +162,7 @@ void write_log_softmax(const T* x, T* out, std::int64_t n, const RowStats& stats
 // log(sum)) would carry the rounding of log(sum) (up to |log(sum)| / 2 ulp) into every probability.
 template <typename T>
 T inverse_sum(const RowStats& stats) {
-    return static_cast<T>(std::exp(-stats.log_sum));
+    return static_cast<T>(exp_double(-stats.log_sum));
 }
 
 template <typename T>
@@ -207,9 +207,19 @@ void write_probability_grad(const T* x, const T* y, const ProbabilityWeights<T>&
 template <typename T>
 struct TileStats {
     T max[kTileLanes];
-    double sum[kTileLanes];
-    RowStats stats[kTileLanes];
+    double sum[kTileLanes];      // sum_c exp(x_c - max)
+    double log_sum[kTileLanes];
+    double inverse[kTileLanes];  // 1 / sum, as exp(-log_sum) so that saved statistics give the same value
+
+    RowStats row(std::int64_t l) const { return RowStats{static_cast<double>(max[l]), log_sum[l]}; }
 };
+
+// The per-lane logarithms and reciprocals, vectorised (a libm call per row would dominate small C).
+template <typename T>
+void finish_tile_stats(std::int64_t lanes, TileStats<T>& tile) {
+    for (std::int64_t l = 0; l < lanes; ++l) tile.log_sum[l] = log_double(tile.sum[l]);
+    for (std::int64_t l = 0; l < lanes; ++l) tile.inverse[l] = exp_double(-tile.log_sum[l]);
+}
 
 template <typename T>
 void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
@@ -228,9 +238,16 @@ void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int6
             tile.sum[l] += static_cast<double>(fast_exp(row[l] - tile.max[l]));
         }
     }
+    finish_tile_stats(lanes, tile);
+}
+
+template <typename T>
+void load_tile_stats(const RowStats* saved, std::int64_t lanes, TileStats<T>& tile) {
     for (std::int64_t l = 0; l < lanes; ++l) {
-        tile.stats[l] = RowStats{static_cast<double>(tile.max[l]), std::log(tile.sum[l])};
+        tile.max[l] = static_cast<T>(saved[l].max);
+        tile.log_sum[l] = saved[l].log_sum;
     }
+    for (std::int64_t l = 0; l < lanes; ++l) tile.inverse[l] = exp_double(-tile.log_sum[l]);
 }
 
 // Per lane: sum_c w_c * (x_c - max) in double.

@@ -35,15 +35,15 @@ void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t cl
     tile_stats(x, stride, classes, lanes, tile);
     if (op == SoftmaxOp::logsumexp) {
         for (std::int64_t l = 0; l < lanes; ++l) {
-            out[l] = static_cast<T>(logsumexp_from_stats(tile.stats[l], x + l, stride, classes));
+            out[l] = static_cast<T>(logsumexp_from_stats(tile.row(l), x + l, stride, classes));
         }
         return;
     }
     T log_sum[kTileLanes];  // (x - max) - log(sum), in that order, as in write_log_softmax
     T scale[kTileLanes];
     for (std::int64_t l = 0; l < lanes; ++l) {
-        log_sum[l] = static_cast<T>(tile.stats[l].log_sum);
-        scale[l] = inverse_sum<T>(tile.stats[l]);
+        log_sum[l] = static_cast<T>(tile.log_sum[l]);
+        scale[l] = static_cast<T>(tile.inverse[l]);
     }
     for (std::int64_t c = 0; c < classes; ++c) {
         const T* in_row = x + c * stride;

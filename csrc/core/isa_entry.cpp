@@ -1,0 +1,18 @@
+// The one exported entry point of an instruction set: fills the kernel table with the kernels that
+// this instruction set's copy of each kernel file registers. Compiled once per instruction set.
+#include "kernels.h"
+
+namespace fastxent {
+namespace FASTXENT_ISA {
+
+void register_softmax_kernels(KernelTable& table);  // softmax.cpp
+void register_loss_kernels(KernelTable& table);     // loss.cpp
+
+void register_kernels(KernelTable& table) {
+    table.isa = FASTXENT_ISA_NAME;
+    register_softmax_kernels(table);
+    register_loss_kernels(table);
+}
+
+}  // namespace FASTXENT_ISA
+}  // namespace fastxent
