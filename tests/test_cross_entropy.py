@@ -1,0 +1,298 @@
+"""cross_entropy (forward) against the float64 reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastxent as fx
+import reference as ref
+from cases import (
+    FLOAT_DTYPES,
+    IGNORED_CLASS,
+    INDEX_DTYPES,
+    INDEX_OPTIONS,
+    LAYOUTS,
+    OTHER_AXES,
+    PROBABILITY_OPTIONS,
+    REDUCTIONS,
+    Layout,
+    Options,
+    assert_loss_close,
+    count_rows,
+    loss_kwargs,
+    make_index_target,
+    make_logits,
+    make_probability_target,
+    upcast,
+    upcast_kwargs,
+)
+
+
+def check_loss(x, target, reduction, rows, dtype=None, **kwargs):
+    dtype = np.asarray(x).dtype if dtype is None else dtype
+    got = fx.cross_entropy(x, target, reduction=reduction, **kwargs)
+    expected = ref.cross_entropy(upcast(x), upcast(target), reduction=reduction, **upcast_kwargs(kwargs))
+    assert_loss_close(got, expected, dtype, reduction, rows)
+    return got
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("options", INDEX_OPTIONS)
+@pytest.mark.parametrize("layout", LAYOUTS + OTHER_AXES)
+def test_index_targets(rng, layout, options, reduction, dtype):
+    x = make_logits(rng, layout.shape, dtype)
+    target = make_index_target(rng, layout, options)
+    kwargs = loss_kwargs(rng, layout, options, dtype)
+    got = check_loss(x, target, reduction, count_rows(layout), **kwargs)
+    if reduction == "none":
+        assert got.shape == layout.row_shape
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("options", PROBABILITY_OPTIONS)
+@pytest.mark.parametrize("layout", LAYOUTS + OTHER_AXES)
+def test_probability_targets(rng, layout, options, reduction, dtype):
+    x = make_logits(rng, layout.shape, dtype)
+    target = make_probability_target(rng, layout, dtype)
+    kwargs = loss_kwargs(rng, layout, options, dtype)
+    got = check_loss(x, target, reduction, count_rows(layout), **kwargs)
+    if reduction == "none":
+        assert got.shape == layout.row_shape
+
+
+def test_probability_mean_divides_by_rows_not_weights(rng):
+    layout = Layout((5, 4), None)
+    x = make_logits(rng, layout.shape)
+    y = make_probability_target(rng, layout)
+    w = np.array([3.0, 0.5, 2.0, 1.0])
+    per_row = fx.cross_entropy(x, y, w, reduction="none")
+    np.testing.assert_allclose(fx.cross_entropy(x, y, w), per_row.sum() / 5, rtol=1e-12)
+
+
+def test_probability_targets_ignore_ignore_index(rng):
+    layout = Layout((5, 4), None)
+    x = make_logits(rng, layout.shape)
+    y = make_probability_target(rng, layout)
+    for ignore_index in (0, 1, -100):
+        np.testing.assert_array_equal(
+            fx.cross_entropy(x, y, ignore_index=ignore_index, reduction="none"),
+            fx.cross_entropy(x, y, reduction="none"),
+        )
+
+
+def test_one_hot_probability_targets_equal_index_targets(rng):
+    layout = Layout((8, 6), None)
+    x = make_logits(rng, layout.shape)
+    t = make_index_target(rng, layout)
+    one_hot = np.eye(6)[t]
+    w = rng.uniform(0.5, 2.0, 6)
+    np.testing.assert_allclose(
+        fx.cross_entropy(x, one_hot, w, reduction="none", label_smoothing=0.2),
+        fx.cross_entropy(x, t, w, reduction="none", label_smoothing=0.2),
+        rtol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("target_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("layout", [LAYOUTS[1], LAYOUTS[2], LAYOUTS[4]])
+def test_integer_target_dtypes(rng, layout, reduction, target_dtype):
+    x = make_logits(rng, layout.shape, np.float32)
+    options = Options(weight=True, ignore_index=IGNORED_CLASS, ignore_some_rows=True, label_smoothing=0.1)
+    target = make_index_target(rng, layout, options, dtype=np.int64)
+    kwargs = loss_kwargs(rng, layout, options, np.float32)
+    narrow = target.astype(target_dtype)
+    got = check_loss(x, narrow, reduction, count_rows(layout), **kwargs)
+    wide = fx.cross_entropy(x, target, reduction=reduction, **kwargs)
+    np.testing.assert_array_equal(got, wide)
+
+
+@pytest.mark.parametrize("target_dtype", [np.int8, np.int16, np.int32])
+def test_negative_ignore_index_with_narrow_signed_targets(rng, target_dtype):
+    layout = Layout((10, 5), None)
+    x = make_logits(rng, layout.shape)
+    target = make_index_target(rng, layout, Options(ignore_index=-7, ignore_some_rows=True))
+    got = fx.cross_entropy(x, target.astype(target_dtype), ignore_index=-7, reduction="none")
+    np.testing.assert_array_equal(got == 0, target == -7)
+    check_loss(x, target.astype(target_dtype), "mean", 10, ignore_index=-7)
+
+
+def test_unsigned_targets_never_match_a_negative_ignore_index(rng):
+    layout = Layout((10, 5), None)
+    x = make_logits(rng, layout.shape)
+    target = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 4], dtype=np.uint8)
+    got = fx.cross_entropy(x, target, ignore_index=-100, reduction="none")
+    assert np.all(got > 0)
+    np.testing.assert_allclose(got, ref.cross_entropy(x, target, reduction="none"), rtol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_ignore_index_equal_to_a_class_keeps_it_in_the_softmax(rng, reduction):
+    layout = Layout((12, 4), None)
+    x = make_logits(rng, layout.shape)
+    target = np.array([0, 1, 2, 3] * 3)
+    got = fx.cross_entropy(x, target, ignore_index=2, reduction=reduction)
+    lsm = ref.log_softmax(x)
+    kept = target != 2
+    per_row = np.where(kept, -lsm[np.arange(12), np.where(kept, target, 0)], 0.0)
+    expected = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / kept.sum()}[reduction]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
+@pytest.mark.parametrize("layout", [LAYOUTS[1], LAYOUTS[3], OTHER_AXES[5]])
+def test_float16_inputs(rng, layout, probabilities, reduction):
+    x = make_logits(rng, layout.shape, np.float16)
+    if probabilities:
+        target = make_probability_target(rng, layout, np.float16)
+    else:
+        target = make_index_target(rng, layout, Options(ignore_some_rows=True))
+    weight = rng.uniform(0.5, 2.0, layout.num_classes).astype(np.float16)
+    kwargs = dict(weight=weight, axis=layout.axis, label_smoothing=0.1)
+    got = check_loss(x, target, reduction, count_rows(layout), dtype=np.float16, **kwargs)
+    as_float32 = fx.cross_entropy(
+        x.astype(np.float32),
+        target.astype(np.float32) if probabilities else target,
+        reduction=reduction,
+        **dict(kwargs, weight=weight.astype(np.float32)),
+    )
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float32), as_float32, rtol=1e-3, atol=1e-3)
+
+
+def _reversed_view(a):
+    """A view with a negative stride along axis 0 holding the values of ``a``."""
+    return np.ascontiguousarray(a[::-1])[::-1]
+
+
+def layout_variants(x, target, weight):
+    """(name, x, target, weight) in other memory layouts with the same values."""
+    wide = np.zeros((x.shape[0], 2 * x.shape[1]) + x.shape[2:], dtype=x.dtype)
+    wide[:, ::2] = x
+    padded = np.zeros((x.shape[0] + 4,) + x.shape[1:], dtype=x.dtype)
+    padded[2:-2] = x
+    target_padded = np.zeros((target.shape[0] * 3,) + target.shape[1:], dtype=target.dtype)
+    target_padded[::3] = target
+    weight_padded = np.zeros(2 * weight.shape[0], dtype=weight.dtype)
+    weight_padded[1::2] = weight
+    return [
+        ("fortran", np.asfortranarray(x), np.asfortranarray(target), weight),
+        ("strided-classes", wide[:, ::2], target, weight),
+        ("sliced-rows", padded[2:-2], target_padded[::3], weight_padded[1::2]),
+        ("negative-strides", _reversed_view(x), _reversed_view(target), _reversed_view(weight)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape,axis", [((9, 13), None), ((6, 13, 5), None), ((6, 5, 13), -1), ((13, 6), 0)])
+def test_any_memory_layout(rng, shape, axis, reduction, dtype):
+    layout = Layout(shape, axis)
+    x = make_logits(rng, shape, dtype)
+    options = Options(weight=True, ignore_some_rows=True, label_smoothing=0.1)
+    target = make_index_target(rng, layout, options)
+    weight = rng.uniform(0.5, 2.0, layout.num_classes).astype(dtype)
+    kwargs = dict(axis=axis, label_smoothing=0.1)
+    contiguous = fx.cross_entropy(x, target, weight, reduction=reduction, **kwargs)
+    for name, xv, tv, wv in layout_variants(x, target, weight):
+        np.testing.assert_array_equal(xv, x)
+        np.testing.assert_array_equal(tv, target)
+        got = check_loss(xv, tv, reduction, count_rows(layout), weight=wv, **kwargs)
+        if reduction == "none":
+            assert got.flags.c_contiguous, name
+        assert_loss_close(got, upcast(contiguous), dtype, reduction, count_rows(layout))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape,axis", [((9, 13), None), ((6, 5, 13), -1)])
+def test_probability_targets_in_any_memory_layout(rng, shape, axis, dtype):
+    layout = Layout(shape, axis)
+    x = make_logits(rng, shape, dtype)
+    y = make_probability_target(rng, layout, dtype)
+    check_loss(np.asfortranarray(x), np.asfortranarray(y), "none", count_rows(layout), axis=axis)
+    check_loss(x[::-1], y[::-1], "none", count_rows(layout), axis=axis)
+    check_loss(np.asfortranarray(x), y[::-1][::-1], "mean", count_rows(layout), axis=axis)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_accepts_python_sequences(reduction):
+    x = [[0.5, -1.0, 2.0], [3.0, 1.0, 0.0]]
+    target = [2, 0]
+    got = check_loss(x, target, reduction, 2, weight=[1.0, 2.0, 0.5])
+    assert np.asarray(got).dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    "target",
+    [np.int64(2), 2, np.array(2, dtype=np.int32), np.array([2])],
+    ids=["np-int", "int", "0-d", "(1,)"],
+)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_one_dimensional_input(rng, target, reduction):
+    x = make_logits(rng, (5,), np.float32)
+    got = check_loss(x, target, reduction, 1)
+    assert np.shape(got) == ()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("num_classes", [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 65, 257, 1000, 1025])
+def test_class_counts(rng, num_classes, dtype):
+    for layout in (Layout((7, num_classes), None), Layout((3, num_classes, 4), None)):
+        x = make_logits(rng, layout.shape, dtype)
+        target = make_index_target(rng, layout)
+        for reduction in REDUCTIONS:
+            check_loss(x, target, reduction, count_rows(layout), label_smoothing=0.1)
+        y = make_probability_target(rng, layout, dtype)
+        check_loss(x, y, "none", count_rows(layout))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
+@pytest.mark.parametrize("shape,axis", [((3000, 37), None), ((8, 37, 300), None), ((6, 500, 37), -1)])
+def test_many_rows(rng, shape, axis, probabilities, dtype):
+    """Large enough to be split between threads."""
+    layout = Layout(shape, axis)
+    x = make_logits(rng, shape, dtype)
+    if probabilities:
+        target = make_probability_target(rng, layout, dtype)
+    else:
+        target = make_index_target(rng, layout, Options(ignore_some_rows=True))
+    weight = rng.uniform(0.5, 2.0, 37).astype(dtype)
+    for reduction in REDUCTIONS:
+        check_loss(x, target, reduction, count_rows(layout), weight=weight, axis=axis, label_smoothing=0.05)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + [np.float16])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reduced_loss_is_a_numpy_scalar_of_the_input_dtype(rng, reduction, dtype):
+    x = make_logits(rng, (4, 3), dtype)
+    got = fx.cross_entropy(x, np.array([0, 1, 2, 1]), reduction=reduction)
+    assert type(got) is np.dtype(dtype).type
+
+
+def test_default_reduction_is_mean_and_default_ignore_index_is_minus_100(rng):
+    x = make_logits(rng, (4, 3))
+    target = np.array([0, -100, 2, 1])
+    np.testing.assert_allclose(
+        fx.cross_entropy(x, target), fx.cross_entropy(x, target, reduction="sum") / 3, rtol=1e-14
+    )
+
+
+def test_label_smoothing_one_ignores_the_target(rng):
+    x = make_logits(rng, (6, 5))
+    a = fx.cross_entropy(x, np.array([0, 1, 2, 3, 4, 0]), label_smoothing=1.0, reduction="none")
+    b = fx.cross_entropy(x, np.array([4, 3, 2, 1, 0, 1]), label_smoothing=1.0, reduction="none")
+    np.testing.assert_allclose(a, b, rtol=1e-14)
+    np.testing.assert_allclose(a, -ref.log_softmax(x).mean(axis=1), rtol=1e-12)
+
+
+def test_zero_weight_class_rows_count_for_nothing(rng):
+    x = make_logits(rng, (6, 3))
+    target = np.array([0, 1, 2, 0, 1, 2])
+    w = np.array([1.0, 0.0, 2.0])
+    got = fx.cross_entropy(x, target, w, reduction="none")
+    assert np.all(got[[1, 4]] == 0)
+    np.testing.assert_allclose(fx.cross_entropy(x, target, w), got.sum() / 6.0, rtol=1e-12)

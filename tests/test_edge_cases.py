@@ -1,0 +1,435 @@
+"""Edge cases of SPEC: empty and fully ignored batches, masks, extreme values and sizes,
+thread-count independence, and inputs left untouched."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import fastxent as fx
+import reference as ref
+from cases import (
+    FLOAT_DTYPES,
+    REDUCTIONS,
+    Layout,
+    Options,
+    assert_close,
+    assert_loss_close,
+    count_rows,
+    make_index_target,
+    make_logits,
+    make_probability_target,
+    make_weight,
+    upcast,
+)
+
+ALL_IGNORED_OPTIONS = [
+    pytest.param({}, id="plain"),
+    pytest.param({"weight": True, "label_smoothing": 0.3}, id="weight+smoothing"),
+]
+
+
+def every_way(x, target, *, reduction, weight=None, **kwargs):
+    """[(name, loss, grad)] from every public entry point that computes a loss."""
+    criterion = fx.CrossEntropyLoss(weight, reduction=reduction, **kwargs)
+    module_loss = criterion(x, target)
+    module_grad = criterion.backward()
+    fused_loss, fused_grad = fx.cross_entropy_with_grad(x, target, weight, reduction=reduction, **kwargs)
+    return [
+        (
+            "separate",
+            fx.cross_entropy(x, target, weight, reduction=reduction, **kwargs),
+            fx.cross_entropy_grad(x, target, weight, reduction=reduction, **kwargs),
+        ),
+        ("with_grad", fused_loss, fused_grad),
+        ("CrossEntropyLoss", module_loss, module_grad),
+    ]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
+@pytest.mark.parametrize(
+    "shape,axis", [((0, 5), None), ((0, 5, 3), None), ((4, 5, 0), None), ((2, 0, 5), -1)]
+)
+def test_empty_batch(shape, axis, probabilities, reduction, dtype):
+    layout = Layout(shape, axis)
+    x = np.zeros(shape, dtype=dtype)
+    target = np.zeros(shape, dtype=dtype) if probabilities else np.zeros(layout.row_shape, dtype=np.int64)
+    for name, loss, grad in every_way(x, target, reduction=reduction, axis=axis, label_smoothing=0.1):
+        if reduction == "mean":
+            assert np.isnan(loss), name
+        elif reduction == "sum":
+            assert loss == 0, name
+        else:
+            assert loss.shape == layout.row_shape, name
+        assert np.asarray(loss).dtype == dtype, name
+        assert grad.shape == shape and grad.dtype == dtype, name
+    np.testing.assert_array_equal(
+        fx.nll_loss(x, np.zeros(layout.row_shape, dtype=np.int64), axis=axis, reduction=reduction),
+        np.asarray({"mean": np.nan, "sum": 0.0, "none": np.zeros(layout.row_shape)}[reduction], dtype=dtype),
+    )
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("options", ALL_IGNORED_OPTIONS)
+@pytest.mark.parametrize("shape,ignore_index", [((6, 5), -100), ((3, 5, 4), 2), ((5,), -100)])
+def test_every_row_ignored(rng, shape, ignore_index, options, reduction, dtype):
+    layout = Layout(shape, None)
+    x = make_logits(rng, shape, dtype)
+    target = np.full(layout.row_shape, ignore_index, dtype=np.int64)
+    weight = make_weight(rng, 5, dtype) if options.get("weight") else None
+    kwargs = dict(ignore_index=ignore_index, label_smoothing=options.get("label_smoothing", 0.0))
+    for name, loss, grad in every_way(x, target, reduction=reduction, weight=weight, **kwargs):
+        if reduction == "mean":
+            assert np.isnan(loss), name
+        elif reduction == "sum":
+            assert loss == 0, name
+        else:
+            assert loss.shape == layout.row_shape and np.all(loss == 0), name
+        assert grad.shape == shape and np.all(grad == 0), name
+        assert grad.dtype == dtype and np.asarray(loss).dtype == dtype, name
+    grad = fx.cross_entropy_grad(
+        x, target, weight, reduction=reduction, grad_output=np.float64(7.0), **kwargs
+    )
+    assert np.all(grad == 0)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_masked_logits(rng, reduction, label_smoothing, dtype):
+    layout = Layout((40, 19), None)
+    x = make_logits(rng, layout.shape, dtype)
+    mask = rng.random(layout.shape) < 0.4
+    target = make_index_target(rng, layout)
+    mask[np.arange(40), target] = False
+    x[mask] = -np.inf
+    for name, loss, grad in every_way(x, target, reduction=reduction, label_smoothing=label_smoothing):
+        expected = ref.cross_entropy(upcast(x), target, reduction=reduction, label_smoothing=label_smoothing)
+        assert_loss_close(loss, expected, dtype, reduction, 40)
+        if label_smoothing == 0:
+            assert np.all(np.isfinite(loss)), name
+            assert np.all(grad[mask] == 0), name
+        else:
+            # The smoothing term takes every log-probability, -inf included (as PyTorch).
+            assert np.all(np.asarray(loss) == np.inf), name
+        expected_grad = ref.cross_entropy_grad(
+            upcast(x), target, reduction=reduction, label_smoothing=label_smoothing
+        )
+        assert_close(grad, expected_grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_masked_target_gives_infinite_loss(dtype):
+    x = np.array([[0.0, -np.inf, 1.0], [0.0, 1.0, 2.0]], dtype=dtype)
+    loss = fx.cross_entropy(x, np.array([1, 2]), reduction="none")
+    assert loss[0] == np.inf and np.isfinite(loss[1])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
+def test_huge_logits(rng, probabilities, reduction, dtype):
+    layout = Layout((30, 23), None)
+    x = (rng.choice([-1e4, 1e4], size=layout.shape) + rng.standard_normal(layout.shape)).astype(dtype)
+    target = make_probability_target(rng, layout, dtype) if probabilities else make_index_target(rng, layout)
+    for name, loss, grad in every_way(x, target, reduction=reduction, label_smoothing=0.1):
+        assert_loss_close(
+            loss,
+            ref.cross_entropy(upcast(x), upcast(target), reduction=reduction, label_smoothing=0.1),
+            dtype,
+            reduction,
+            30,
+        )
+        assert_close(
+            grad,
+            ref.cross_entropy_grad(upcast(x), upcast(target), reduction=reduction, label_smoothing=0.1),
+            dtype,
+        )
+        assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad)), name
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_single_class(rng, reduction, dtype):
+    x = make_logits(rng, (7, 1), dtype)
+    target = np.zeros(7, dtype=np.int64)
+    for name, loss, grad in every_way(x, target, reduction=reduction, label_smoothing=0.5):
+        assert np.all(np.asarray(loss) == 0), name
+        assert np.all(grad == 0), name
+    np.testing.assert_array_equal(fx.log_softmax(x), np.zeros((7, 1)))
+    np.testing.assert_array_equal(fx.softmax(x), np.ones((7, 1)))
+    np.testing.assert_array_equal(fx.logsumexp(x), x[:, 0])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("shape", [(1, 200_000), (200_000,)], ids=["1,C", "C"])
+def test_one_row_of_200000_classes(rng, shape, label_smoothing, dtype):
+    layout = Layout(shape, None)
+    x = make_logits(rng, shape, dtype)
+    target = np.asarray(123_457) if len(shape) == 1 else np.array([123_457])
+    weight = make_weight(rng, 200_000, dtype)
+    kwargs = dict(label_smoothing=label_smoothing)
+    for reduction in REDUCTIONS:
+        for name, loss, grad in every_way(x, target, reduction=reduction, weight=weight, **kwargs):
+            assert_loss_close(
+                loss,
+                ref.cross_entropy(upcast(x), target, upcast(weight), reduction=reduction, **kwargs),
+                dtype,
+                reduction,
+                1,
+            )
+            assert_close(
+                grad,
+                ref.cross_entropy_grad(upcast(x), target, upcast(weight), reduction=reduction, **kwargs),
+                dtype,
+            )
+    y = make_probability_target(rng, layout, dtype)
+    assert_loss_close(
+        fx.cross_entropy(x, y, **kwargs), ref.cross_entropy(upcast(x), upcast(y), **kwargs), dtype, "mean", 1
+    )
+
+
+def reference_mean_in_chunks(x, target, chunk=1_000_000):
+    """float64 mean cross-entropy of a huge batch, one slice of rows at a time."""
+    partial_sums = [
+        float(ref.cross_entropy(x[i : i + chunk].astype(np.float64), target[i : i + chunk], reduction="sum"))
+        for i in range(0, x.shape[0], chunk)
+    ]
+    return math.fsum(partial_sums) / x.shape[0]
+
+
+@pytest.mark.slow
+def test_float32_mean_over_ten_million_rows_accumulates_in_float64():
+    rng = np.random.default_rng(7)
+    rows = 10**7
+    x = rng.standard_normal((rows, 2), dtype=np.float32)
+    x[:, 0] += np.float32(0.75)
+    target = rng.integers(0, 2, rows).astype(np.int32)
+    expected = reference_mean_in_chunks(x, target)
+    got = fx.cross_entropy(x, target)
+    assert isinstance(got, np.float32)
+    assert abs(float(got) - expected) <= 1e-7 * abs(expected)
+    got_sum = fx.cross_entropy(x, target, reduction="sum")
+    assert abs(float(got_sum) - expected * rows) <= 1e-7 * abs(expected * rows)
+
+
+# ---------------------------------------------------------------------------
+# threads
+# ---------------------------------------------------------------------------
+
+THREAD_CASES = [
+    pytest.param(Layout((20_000, 37), None), id="N,C"),
+    pytest.param(Layout((16, 37, 700), None), id="N,C,d"),
+    pytest.param(Layout((40, 300, 37), -1), id="B,T,V"),
+]
+
+
+def everything(rng, layout: Layout, dtype):
+    """Every public function's result on one problem: a list of (name, array)."""
+    x = make_logits(rng, layout.shape, dtype)
+    options = Options(weight=True, ignore_some_rows=True, label_smoothing=0.1)
+    target = make_index_target(rng, layout, options)
+    y = make_probability_target(rng, layout, dtype)
+    weight = make_weight(rng, layout.num_classes, dtype)
+    axis = layout.class_axis
+    kw = dict(axis=layout.axis, label_smoothing=0.1)
+    results = [
+        ("log_softmax", fx.log_softmax(x, axis=axis)),
+        ("softmax", fx.softmax(x, axis=axis)),
+        ("logsumexp", fx.logsumexp(x, axis=axis)),
+        ("nll_loss", fx.nll_loss(x, target, weight, axis=layout.axis)),
+    ]
+    for reduction in REDUCTIONS:
+        for kind, t in (("index", target), ("probability", y)):
+            results.append(
+                (
+                    f"cross_entropy-{kind}-{reduction}",
+                    fx.cross_entropy(x, t, weight, reduction=reduction, **kw),
+                )
+            )
+            results.append(
+                (f"grad-{kind}-{reduction}", fx.cross_entropy_grad(x, t, weight, reduction=reduction, **kw))
+            )
+            loss, grad = fx.cross_entropy_with_grad(x, t, weight, reduction=reduction, **kw)
+            results.append((f"with_grad-loss-{kind}-{reduction}", loss))
+            results.append((f"with_grad-grad-{kind}-{reduction}", grad))
+    return results
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", THREAD_CASES)
+def test_results_do_not_depend_on_the_thread_count(restore_num_threads, layout, dtype):
+    fx.set_num_threads(1)
+    assert fx.get_num_threads() == 1
+    one = everything(np.random.default_rng(3), layout, dtype)
+    for threads in (2, 7):
+        fx.set_num_threads(threads)
+        assert fx.get_num_threads() == threads
+        many = everything(np.random.default_rng(3), layout, dtype)
+        for (name, a), (_, b) in zip(one, many):
+            a, b = np.asarray(a), np.asarray(b)
+            assert a.dtype == b.dtype and a.shape == b.shape, name
+            assert a.tobytes() == b.tobytes(), f"{name} differs between 1 and {threads} threads"
+
+
+# ---------------------------------------------------------------------------
+# inputs are never modified
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + [np.float16])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_inputs_are_never_modified(rng, order, dtype):
+    layout = Layout((12, 9, 4), None)
+    x = np.asarray(make_logits(rng, layout.shape, dtype), order=order)
+    x[0, 2, 1] = -np.inf
+    target = np.asarray(make_index_target(rng, layout, Options(ignore_some_rows=True)), order=order)
+    y = np.asarray(make_probability_target(rng, layout, dtype), order=order)
+    weight = make_weight(rng, 9, dtype)
+    g = np.asarray(rng.uniform(-1, 1, layout.row_shape), order=order)
+    inputs = [x, target, y, weight, g]
+    copies = [a.copy(order="K") for a in inputs]
+
+    fx.log_softmax(x, axis=1)
+    fx.softmax(x, axis=1)
+    fx.logsumexp(x, axis=1)
+    fx.nll_loss(x, target, weight)
+    for t in (target, y):
+        for reduction in REDUCTIONS:
+            fx.cross_entropy(x, t, weight, reduction=reduction, label_smoothing=0.1)
+        fx.cross_entropy_grad(x, t, weight, reduction="none", grad_output=g, label_smoothing=0.1)
+        fx.cross_entropy_with_grad(x, t, weight, reduction="none", grad_output=g, label_smoothing=0.1)
+        criterion = fx.CrossEntropyLoss(weight, reduction="none", label_smoothing=0.1)
+        criterion(x, t)
+        criterion.backward(g)
+    for a, copy in zip(inputs, copies):
+        np.testing.assert_array_equal(a, copy)
+        assert a.flags.c_contiguous == copy.flags.c_contiguous
+
+
+def test_results_are_new_arrays(rng):
+    x = make_logits(rng, (5, 4))
+    target = np.array([0, 1, 2, 3, 0])
+    for result in (
+        fx.log_softmax(x),
+        fx.softmax(x),
+        fx.cross_entropy_grad(x, target),
+        fx.cross_entropy(x, target, reduction="none"),
+    ):
+        assert not np.shares_memory(result, x)
+        assert result.flags.writeable and result.flags.c_contiguous
+
+
+# ---------------------------------------------------------------------------
+# out= may be the input itself
+# ---------------------------------------------------------------------------
+
+ALIAS_CASES = [
+    pytest.param(Layout((9, 37), None), id="N,C"),
+    pytest.param(Layout((8, 37, 300), None), id="N,C,d-many-rows"),
+]
+
+
+@pytest.mark.parametrize("layout", ALIAS_CASES)
+@pytest.mark.parametrize("function", ["log_softmax", "softmax"])
+def test_softmax_in_place(rng, function, layout):
+    """SPEC: inputs are never modified unless passed as out=, so out=x is allowed."""
+    dtype = np.float64
+    x = make_logits(rng, layout.shape, dtype)
+    expected = getattr(ref, function)(x.astype(np.float64), axis=layout.class_axis)
+    result = getattr(fx, function)(x, axis=layout.class_axis, out=x)
+    assert result is x
+    assert_close(x, expected, dtype)
+
+
+@pytest.mark.parametrize("layout", ALIAS_CASES)
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
+@pytest.mark.parametrize("api", ["cross_entropy_grad", "cross_entropy_with_grad"])
+def test_gradient_written_over_the_logits(rng, api, probabilities, layout):
+    dtype = np.float64
+    x = make_logits(rng, layout.shape, dtype)
+    target = make_probability_target(rng, layout, dtype) if probabilities else make_index_target(rng, layout)
+    weight = make_weight(rng, layout.num_classes, dtype)
+    kwargs = dict(label_smoothing=0.1, reduction="mean")
+    expected_loss = ref.cross_entropy(upcast(x), upcast(target), upcast(weight), **kwargs)
+    expected_grad = ref.cross_entropy_grad(upcast(x), upcast(target), upcast(weight), **kwargs)
+    result = getattr(fx, api)(x, target, weight, out=x, **kwargs)
+    if api == "cross_entropy_with_grad":
+        loss, grad = result
+        assert_loss_close(loss, expected_loss, dtype, "mean", count_rows(layout))
+    else:
+        grad = result
+    assert grad is x
+    assert_close(x, expected_grad, dtype)
+
+
+# ---------------------------------------------------------------------------
+# NaN and +inf logits, byte order, zero strides, wide strided rows
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_nan_and_inf_logits_spoil_only_their_rows(rng, label_smoothing, dtype):
+    x = make_logits(rng, (6, 9), dtype)
+    x[1, 4] = np.nan
+    x[3, 2] = np.inf
+    target = np.array([0, 1, 2, 3, 4, 5])
+    loss, grad = fx.cross_entropy_with_grad(x, target, reduction="none", label_smoothing=label_smoothing)
+    expected = ref.cross_entropy(upcast(x), target, reduction="none", label_smoothing=label_smoothing)
+    assert_close(loss, expected, dtype)
+    assert np.isnan(loss[1]) and np.isnan(loss[3])
+    assert np.all(np.isfinite(loss[[0, 2, 4, 5]]))
+    assert np.all(np.isfinite(grad[[0, 2, 4, 5]]))
+    assert np.isnan(fx.cross_entropy(x, target, label_smoothing=label_smoothing))
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+def test_non_native_byte_order(rng, dtype):
+    native = make_logits(rng, (7, 11), np.dtype(dtype).newbyteorder("="))
+    swapped = native.astype(dtype)
+    target = make_index_target(rng, Layout((7, 11), None))
+    np.testing.assert_array_equal(fx.log_softmax(swapped), fx.log_softmax(native))
+    np.testing.assert_array_equal(fx.logsumexp(swapped), fx.logsumexp(native))
+    np.testing.assert_array_equal(
+        fx.cross_entropy(swapped, target.astype(">i8"), reduction="none"),
+        fx.cross_entropy(native, target, reduction="none"),
+    )
+    np.testing.assert_array_equal(
+        fx.cross_entropy_grad(swapped, target), fx.cross_entropy_grad(native, target)
+    )
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_zero_stride_targets_and_weight(rng, reduction):
+    x = make_logits(rng, (6, 5, 4), np.float32)
+    target = np.broadcast_to(np.array([1, 3, 0, 4]), (6, 4))
+    weight = np.broadcast_to(np.float32(0.5), (5,))
+    got = fx.cross_entropy(x, target, weight, reduction=reduction)
+    expected = ref.cross_entropy(upcast(x), target, upcast(weight), reduction=reduction)
+    assert_loss_close(got, expected, np.float32, reduction, 24)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    "shape", [(2, 5000, 3), (1, 3, 100_000), (3, 2049, 33)], ids=["wide-C", "long-d", "odd"]
+)
+def test_wide_rows_along_a_strided_class_axis(rng, shape, dtype):
+    layout = Layout(shape, None)
+    x = make_logits(rng, shape, dtype)
+    x[rng.random(shape) < 0.1] = -np.inf
+    x[:, 0] = 0.0
+    target = np.zeros(layout.row_shape, dtype=np.int64)
+    for reduction in REDUCTIONS:
+        loss, grad = fx.cross_entropy_with_grad(x, target, reduction=reduction)
+        assert_loss_close(
+            loss, ref.cross_entropy(upcast(x), target, reduction=reduction), dtype, reduction, target.size
+        )
+        assert_close(grad, ref.cross_entropy_grad(upcast(x), target, reduction=reduction), dtype)
+    assert_close(fx.logsumexp(x, axis=1), ref.logsumexp(upcast(x), axis=1), dtype)

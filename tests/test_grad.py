@@ -1,0 +1,359 @@
+"""Gradients: cross_entropy_grad, cross_entropy_with_grad and CrossEntropyLoss.backward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastxent as fx
+import reference as ref
+from cases import (
+    FLOAT_DTYPES,
+    GRAD_MODES,
+    INDEX_OPTIONS,
+    LAYOUTS,
+    OTHER_AXES,
+    PROBABILITY_OPTIONS,
+    REDUCTIONS,
+    Layout,
+    Options,
+    assert_close,
+    assert_loss_close,
+    count_rows,
+    loss_kwargs,
+    make_grad_output,
+    make_index_target,
+    make_logits,
+    make_probability_target,
+    upcast,
+    upcast_kwargs,
+)
+
+APIS = ["cross_entropy_grad", "cross_entropy_with_grad", "CrossEntropyLoss"]
+# The whole layout grid for cross_entropy_grad; the two other ways in share its
+# code path, so they get SPEC's shape table only.
+API_LAYOUTS = [
+    pytest.param(api, case.values[0], id=f"{api}-{case.id}")
+    for api in APIS
+    for case in (LAYOUTS + OTHER_AXES if api == "cross_entropy_grad" else LAYOUTS)
+]
+
+
+def loss_and_grad(api, x, target, *, reduction, grad_output, **kwargs):
+    """(loss or None, grad) through one of the three public ways to get a gradient."""
+    if api == "cross_entropy_grad":
+        return None, fx.cross_entropy_grad(x, target, reduction=reduction, grad_output=grad_output, **kwargs)
+    if api == "cross_entropy_with_grad":
+        return fx.cross_entropy_with_grad(x, target, reduction=reduction, grad_output=grad_output, **kwargs)
+    weight = kwargs.pop("weight", None)
+    criterion = fx.CrossEntropyLoss(weight, reduction=reduction, **kwargs)
+    loss = criterion(x, target)
+    return loss, criterion.backward(grad_output)
+
+
+def check_grad(api, x, target, *, reduction, grad_output, rows, dtype=None, **kwargs):
+    dtype = np.asarray(x).dtype if dtype is None else dtype
+    loss, grad = loss_and_grad(api, x, target, reduction=reduction, grad_output=grad_output, **kwargs)
+    ref_kwargs = upcast_kwargs(kwargs)
+    expected_grad = ref.cross_entropy_grad(
+        upcast(x), upcast(target), reduction=reduction, grad_output=upcast(grad_output), **ref_kwargs
+    )
+    assert isinstance(grad, np.ndarray)
+    assert grad.flags.c_contiguous
+    assert_close(grad, expected_grad, dtype, shape=np.shape(x))
+    if loss is not None:
+        expected_loss = ref.cross_entropy(upcast(x), upcast(target), reduction=reduction, **ref_kwargs)
+        assert_loss_close(loss, expected_loss, dtype, reduction, rows)
+    return grad
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction,per_sample", GRAD_MODES)
+@pytest.mark.parametrize("options", INDEX_OPTIONS)
+@pytest.mark.parametrize("api,layout", API_LAYOUTS)
+def test_index_targets(rng, api, layout, options, reduction, per_sample, dtype):
+    x = make_logits(rng, layout.shape, dtype)
+    target = make_index_target(rng, layout, options)
+    kwargs = loss_kwargs(rng, layout, options, dtype)
+    g = make_grad_output(rng, layout, per_sample)
+    check_grad(api, x, target, reduction=reduction, grad_output=g, rows=count_rows(layout), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction,per_sample", GRAD_MODES)
+@pytest.mark.parametrize("options", PROBABILITY_OPTIONS)
+@pytest.mark.parametrize("api,layout", API_LAYOUTS)
+def test_probability_targets(rng, api, layout, options, reduction, per_sample, dtype):
+    x = make_logits(rng, layout.shape, dtype)
+    target = make_probability_target(rng, layout, dtype)
+    kwargs = loss_kwargs(rng, layout, options, dtype)
+    g = make_grad_output(rng, layout, per_sample)
+    check_grad(api, x, target, reduction=reduction, grad_output=g, rows=count_rows(layout), **kwargs)
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_default_grad_output_is_one(rng, api, reduction):
+    layout = Layout((6, 9), None)
+    x = make_logits(rng, layout.shape)
+    target = make_index_target(rng, layout)
+    expected = ref.cross_entropy_grad(x, target, reduction=reduction)
+    if api == "cross_entropy_grad":
+        got = fx.cross_entropy_grad(x, target, reduction=reduction)
+    elif api == "cross_entropy_with_grad":
+        got = fx.cross_entropy_with_grad(x, target, reduction=reduction)[1]
+    else:
+        criterion = fx.CrossEntropyLoss(reduction=reduction)
+        criterion(x, target)
+        got = criterion.backward()
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("grad_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_per_sample_grad_output_of_any_float_dtype(rng, dtype, grad_dtype):
+    layout = Layout((5, 7, 3), None)
+    x = make_logits(rng, layout.shape, dtype)
+    target = make_index_target(rng, layout)
+    g = make_grad_output(rng, layout, per_sample=True).astype(grad_dtype)
+    for api in APIS:
+        check_grad(api, x, target, reduction="none", grad_output=g, rows=15)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
+def test_grad_output_scales_the_gradient(rng, reduction):
+    layout = Layout((6, 9), None)
+    x = make_logits(rng, layout.shape)
+    target = make_index_target(rng, layout, Options(ignore_some_rows=True))
+    one = fx.cross_entropy_grad(x, target, reduction=reduction)
+    np.testing.assert_allclose(
+        fx.cross_entropy_grad(x, target, reduction=reduction, grad_output=-2.5), -2.5 * one, rtol=1e-12
+    )
+    np.testing.assert_array_equal(
+        fx.cross_entropy_grad(x, target, reduction=reduction, grad_output=0.0), 0.0 * one
+    )
+
+
+def test_per_sample_grad_output_scales_each_row(rng):
+    layout = Layout((4, 6), None)
+    x = make_logits(rng, layout.shape)
+    target = make_index_target(rng, layout)
+    g = np.array([1.0, 0.0, -3.0, 0.5])
+    one = fx.cross_entropy_grad(x, target, reduction="none")
+    np.testing.assert_allclose(
+        fx.cross_entropy_grad(x, target, reduction="none", grad_output=g), g[:, None] * one, rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_rows_of_an_unsmoothed_unweighted_gradient_sum_to_zero(rng, dtype):
+    layout = Layout((50, 33), None)
+    x = make_logits(rng, layout.shape, dtype)
+    target = make_index_target(rng, layout)
+    grad = fx.cross_entropy_grad(x, target, reduction="sum")
+    np.testing.assert_allclose(grad.astype(np.float64).sum(axis=1), 0.0, atol=40 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_with_grad_loss_equals_cross_entropy(rng, dtype, reduction):
+    layout = Layout((40, 37), None)
+    x = make_logits(rng, layout.shape, dtype)
+    options = Options(weight=True, ignore_some_rows=True, label_smoothing=0.1)
+    target = make_index_target(rng, layout, options)
+    kwargs = loss_kwargs(rng, layout, options, dtype)
+    loss, grad = fx.cross_entropy_with_grad(x, target, reduction=reduction, **kwargs)
+    assert_loss_close(
+        loss, upcast(fx.cross_entropy(x, target, reduction=reduction, **kwargs)), dtype, reduction, 40
+    )
+    assert_close(grad, upcast(fx.cross_entropy_grad(x, target, reduction=reduction, **kwargs)), dtype)
+
+
+@pytest.mark.parametrize("api", ["cross_entropy_grad", "cross_entropy_with_grad"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_out_is_filled_and_returned(rng, api, dtype):
+    layout = Layout((4, 11, 3), None)
+    x = make_logits(rng, layout.shape, dtype)
+    target = make_index_target(rng, layout)
+    out = np.full(layout.shape, np.nan, dtype=dtype)
+    result = getattr(fx, api)(x, target, reduction="sum", out=out)
+    grad = result[1] if api == "cross_entropy_with_grad" else result
+    assert grad is out
+    assert_close(out, ref.cross_entropy_grad(upcast(x), target, reduction="sum"), dtype)
+
+
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_float16_inputs(rng, reduction, probabilities):
+    layout = Layout((6, 13, 2), None)
+    x = make_logits(rng, layout.shape, np.float16)
+    target = (
+        make_probability_target(rng, layout, np.float16) if probabilities else make_index_target(rng, layout)
+    )
+    for api in APIS:
+        grad = check_grad(api, x, target, reduction=reduction, grad_output=1.0, rows=12, label_smoothing=0.1)
+        assert grad.dtype == np.float16
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape,axis", [((9, 13), None), ((6, 13, 5), None), ((6, 5, 13), -1), ((13, 6), 0)])
+def test_any_memory_layout(rng, shape, axis, dtype):
+    layout = Layout(shape, axis)
+    x = make_logits(rng, shape, dtype)
+    target = make_index_target(rng, layout, Options(ignore_some_rows=True))
+    variants = [np.asfortranarray(x), np.ascontiguousarray(x[::-1])[::-1]]
+    wide = np.zeros(shape[:-1] + (2 * shape[-1],), dtype=dtype)
+    wide[..., 1::2] = x
+    variants.append(wide[..., 1::2])
+    for xv in variants:
+        np.testing.assert_array_equal(xv, x)
+        grad = check_grad(
+            "cross_entropy_grad",
+            xv,
+            target,
+            reduction="mean",
+            grad_output=1.0,
+            rows=count_rows(layout),
+            axis=axis,
+            label_smoothing=0.1,
+        )
+        assert grad.shape == shape
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
+@pytest.mark.parametrize("shape,axis", [((3000, 37), None), ((8, 37, 300), None), ((6, 500, 37), -1)])
+def test_many_rows(rng, shape, axis, probabilities, dtype):
+    """Large enough to be split between threads."""
+    layout = Layout(shape, axis)
+    x = make_logits(rng, shape, dtype)
+    target = (
+        make_probability_target(rng, layout, dtype)
+        if probabilities
+        else make_index_target(rng, layout, Options(ignore_some_rows=True))
+    )
+    weight = rng.uniform(0.5, 2.0, 37).astype(dtype)
+    for reduction in REDUCTIONS:
+        check_grad(
+            "cross_entropy_with_grad",
+            x,
+            target,
+            reduction=reduction,
+            grad_output=1.0,
+            rows=count_rows(layout),
+            weight=weight,
+            axis=axis,
+            label_smoothing=0.05,
+        )
+
+
+class TestCrossEntropyLoss:
+    def test_forward_is_call(self, rng):
+        x = make_logits(rng, (5, 4))
+        target = np.array([0, 1, 2, 3, 0])
+        criterion = fx.CrossEntropyLoss(reduction="none", label_smoothing=0.1)
+        np.testing.assert_array_equal(criterion.forward(x, target), criterion(x, target))
+
+    def test_backward_refers_to_the_last_call(self, rng):
+        first = make_logits(rng, (5, 4))
+        second = make_logits(rng, (3, 4))
+        criterion = fx.CrossEntropyLoss(reduction="sum")
+        criterion(first, np.array([0, 1, 2, 3, 0]))
+        criterion(second, np.array([3, 3, 1]))
+        np.testing.assert_allclose(
+            criterion.backward(),
+            ref.cross_entropy_grad(second, np.array([3, 3, 1]), reduction="sum"),
+            rtol=1e-12,
+        )
+
+    def test_backward_twice_with_different_grad_output(self, rng):
+        x = make_logits(rng, (5, 4))
+        criterion = fx.CrossEntropyLoss()
+        criterion(x, np.array([0, 1, 2, 3, 0]))
+        once = criterion.backward(1.0)
+        np.testing.assert_allclose(criterion.backward(3.0), 3.0 * once, rtol=1e-12)
+        np.testing.assert_allclose(criterion.backward(1.0), once, rtol=1e-12)
+
+    @pytest.mark.parametrize("reuse", ["target"])
+    def test_backward_uses_the_values_of_the_last_call_even_if_the_caller_reuses_its_arrays(self, rng, reuse):
+        # "backward() returns d loss / d input of the last call": a caller that writes
+        # the next batch of class indices into the same buffer before calling backward()
+        # still gets the gradient at the targets the loss was computed from. (The logits
+        # are kept by reference, as documented: no N x C copy is made.)
+        x = make_logits(rng, (5, 4))
+        target = np.array([0, 1, 2, 3, 0])
+        weight = np.array([1.0, 2.0, 0.5, 1.5])
+        criterion = fx.CrossEntropyLoss(weight, reduction="sum", label_smoothing=0.1)
+        criterion(x, target)
+        expected = ref.cross_entropy_grad(
+            x.copy(), target.copy(), weight.copy(), reduction="sum", label_smoothing=0.1
+        )
+        if reuse == "input":
+            x[...] = make_logits(rng, (5, 4), scale=10.0)
+        else:
+            target[...] = [3, 2, 1, 0, 3]
+        np.testing.assert_allclose(criterion.backward(), expected, rtol=1e-12, atol=1e-15)
+
+    def test_options_are_kept(self, rng):
+        layout = Layout((4, 6, 5), -1)
+        x = make_logits(rng, layout.shape)
+        options = Options(weight=True, ignore_index=2, ignore_some_rows=True, label_smoothing=0.25)
+        target = make_index_target(rng, layout, options)
+        kwargs = loss_kwargs(rng, layout, options, np.float64)
+        criterion = fx.CrossEntropyLoss(reduction="sum", **kwargs)
+        np.testing.assert_allclose(
+            criterion(x, target), ref.cross_entropy(x, target, reduction="sum", **kwargs), rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            criterion.backward(),
+            ref.cross_entropy_grad(x, target, reduction="sum", **kwargs),
+            rtol=1e-12,
+            atol=1e-15,
+        )
+
+
+@st.composite
+def problems(draw):
+    """A random shape, class axis, target kind and option set."""
+    ndim = draw(st.integers(1, 4))
+    shape = tuple(draw(st.lists(st.integers(0 if ndim > 1 else 1, 5), min_size=ndim, max_size=ndim)))
+    axis = draw(st.sampled_from([None] + list(range(-ndim, ndim))))
+    layout = Layout(shape, axis)
+    if layout.num_classes == 0:
+        shape = shape[: layout.class_axis] + (3,) + shape[layout.class_axis + 1 :]
+        layout = Layout(shape, axis)
+    options = Options(
+        weight=draw(st.booleans()),
+        ignore_index=draw(st.sampled_from([-100, 0, 1])),
+        ignore_some_rows=draw(st.booleans()),
+        label_smoothing=draw(st.sampled_from([0.0, 0.3, 1.0])),
+    )
+    reduction = draw(st.sampled_from(REDUCTIONS))
+    probabilities = draw(st.booleans())
+    seed = draw(st.integers(0, 2**32 - 1))
+    return layout, options, reduction, probabilities, seed
+
+
+@settings(max_examples=150, deadline=None)
+@given(problems())
+def test_random_shapes_axes_and_options(problem):
+    layout, options, reduction, probabilities, seed = problem
+    rng = np.random.default_rng(seed)
+    x = make_logits(rng, layout.shape)
+    if probabilities:
+        target = make_probability_target(rng, layout)
+    else:
+        target = make_index_target(rng, layout, options)
+    kwargs = loss_kwargs(rng, layout, options, np.float64)
+    g = make_grad_output(rng, layout, per_sample=reduction == "none")
+    check_grad(
+        "cross_entropy_with_grad",
+        x,
+        target,
+        reduction=reduction,
+        grad_output=g,
+        rows=count_rows(layout),
+        **kwargs,
+    )

@@ -1,0 +1,205 @@
+"""log_softmax, softmax and logsumexp against the float64 reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastxent as fx
+import reference as ref
+from cases import FLOAT_DTYPES, LAYOUTS, OTHER_AXES, assert_close, make_logits
+
+FUNCTIONS = ["log_softmax", "softmax", "logsumexp"]
+ELEMENTWISE = ["log_softmax", "softmax"]
+CLASS_COUNTS = [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 257, 1000, 1025]
+
+
+def expected_shape(function, shape, axis):
+    if function == "logsumexp":
+        axis = axis % len(shape)
+        return shape[:axis] + shape[axis + 1 :]
+    return shape
+
+
+def check(function, x, axis, dtype=None):
+    """Call fastxent and the reference on ``x`` and compare."""
+    dtype = x.dtype if dtype is None else dtype
+    got = getattr(fx, function)(x, axis=axis)
+    expected = getattr(ref, function)(np.asarray(x, dtype=np.float64), axis=axis)
+    assert isinstance(got, (np.ndarray, np.generic))
+    assert_close(got, expected, dtype)
+    return got
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS + OTHER_AXES)
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_matches_reference(rng, function, layout, dtype):
+    x = make_logits(rng, layout.shape, dtype)
+    got = check(function, x, layout.class_axis)
+    assert got.shape == expected_shape(function, layout.shape, layout.class_axis)
+    if function != "logsumexp":
+        assert got.flags.c_contiguous
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_default_axis_is_last(rng, function):
+    x = make_logits(rng, (4, 5, 6))
+    np.testing.assert_array_equal(getattr(fx, function)(x), getattr(fx, function)(x, axis=-1))
+    np.testing.assert_allclose(getattr(fx, function)(x), getattr(ref, function)(x, axis=2), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("num_classes", CLASS_COUNTS)
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_class_counts(rng, function, num_classes, dtype):
+    """Every remainder modulo the vector width, with the class axis contiguous and strided."""
+    check(function, make_logits(rng, (5, num_classes), dtype), -1)
+    check(function, make_logits(rng, (3, num_classes, 4), dtype), 1)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS + OTHER_AXES[2:4])
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_float16_is_computed_in_float32_and_returned_as_float16(rng, function, layout):
+    x = make_logits(rng, layout.shape, np.float16)
+    got = check(function, x, layout.class_axis, dtype=np.float16)
+    as_float32 = getattr(fx, function)(x.astype(np.float32), axis=layout.class_axis)
+    np.testing.assert_allclose(got.astype(np.float32), as_float32, rtol=1e-3, atol=1e-3)
+
+
+def strided_variants(x):
+    """The same values in other memory layouts: (name, array)."""
+    wide = np.zeros((x.shape[0], 2 * x.shape[1]) + x.shape[2:], dtype=x.dtype)
+    wide[:, ::2] = x
+    padded = np.zeros((x.shape[0] + 3,) + x.shape[1:], dtype=x.dtype)
+    padded[1:-2] = x
+    reversed_rows = np.ascontiguousarray(x[::-1])[::-1]
+    return [
+        ("fortran", np.asfortranarray(x)),
+        ("every-other-class", wide[:, ::2]),
+        ("sliced-rows", padded[1:-2]),
+        ("negative-strides", reversed_rows),
+        ("read-only", _read_only(x.copy())),
+    ]
+
+
+def _read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_any_memory_layout(rng, function, axis, dtype):
+    x = make_logits(rng, (6, 19, 5), dtype)
+    contiguous = getattr(fx, function)(x, axis=axis)
+    for name, variant in strided_variants(x):
+        np.testing.assert_array_equal(variant, x)
+        got = check(function, variant, axis)
+        assert got.flags.c_contiguous, name
+        assert_close(got, contiguous.astype(np.float64), dtype)
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_broadcast_input_with_zero_strides(rng, function):
+    row = make_logits(rng, (1, 11))
+    x = np.broadcast_to(row, (4, 11))
+    got = check(function, x, -1)
+    assert np.all(got == got[0])
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_accepts_python_sequences(function):
+    values = [[0.5, -1.0, 2.0], [3.0, 3.0, 3.0]]
+    got = getattr(fx, function)(values)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, getattr(ref, function)(np.array(values)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("function", ELEMENTWISE)
+def test_out_is_filled_and_returned(rng, function, dtype):
+    x = make_logits(rng, (5, 3, 9), dtype)
+    out = np.full(x.shape, np.nan, dtype=dtype)
+    result = getattr(fx, function)(x, axis=1, out=out)
+    assert result is out
+    assert_close(out, getattr(ref, function)(x.astype(np.float64), axis=1), dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_log_softmax_masks_and_all_masked_rows(dtype):
+    x = np.array(
+        [[1.0, -np.inf, 2.0, -np.inf], [-np.inf] * 4, [0.0, 0.0, -np.inf, 0.0]],
+        dtype=dtype,
+    )
+    lsm = fx.log_softmax(x)
+    sm = fx.softmax(x)
+    assert lsm[0, 1] == -np.inf and lsm[0, 3] == -np.inf and lsm[2, 2] == -np.inf
+    assert sm[0, 1] == 0 and sm[2, 2] == 0
+    assert np.all(np.isnan(lsm[1])), "a row of all -inf gives NaN, as in PyTorch"
+    assert np.all(np.isnan(sm[1]))
+    assert_close(lsm, ref.log_softmax(x.astype(np.float64)), dtype)
+    assert_close(sm, ref.softmax(x.astype(np.float64)), dtype)
+    np.testing.assert_allclose(lsm[2, [0, 1, 3]], np.log(1 / 3), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("width", [3, 40])
+def test_logsumexp_infinities_and_nan(dtype, width):
+    x = np.tile(np.linspace(-2.0, 3.0, width), (5, 1)).astype(dtype)
+    x[0] = -np.inf
+    x[1, 1] = np.inf
+    x[2, 2] = np.nan
+    x[3, 1] = np.inf
+    x[3, 2] = -np.inf
+    got = fx.logsumexp(x)
+    assert got[0] == -np.inf, "all -inf gives -inf"
+    assert got[1] == np.inf and got[3] == np.inf, "any +inf gives +inf"
+    assert np.isnan(got[2]), "NaN propagates"
+    assert_close(got, ref.logsumexp(x.astype(np.float64)), dtype)
+
+
+@pytest.mark.parametrize("function", ELEMENTWISE)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_nan_propagates_within_its_row_only(function, dtype):
+    x = np.array([[0.0, np.nan, 1.0], [0.0, 1.0, 2.0]], dtype=dtype)
+    got = getattr(fx, function)(x)
+    assert np.all(np.isnan(got[0]))
+    assert np.all(np.isfinite(got[1]))
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize(
+    "shape,axis", [((3, 0), 1), ((3, 0), -1), ((0, 4), 1), ((0, 4), 0), ((0,), 0), ((2, 0, 3), 1)]
+)
+def test_empty(function, shape, axis):
+    x = np.zeros(shape, dtype=np.float32)
+    got = getattr(fx, function)(x, axis=axis)
+    assert got.dtype == np.float32
+    assert got.shape == expected_shape(function, shape, axis)
+    if function == "logsumexp":
+        assert np.all(got == -np.inf), "logsumexp over an empty axis is -inf"
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_huge_logits(rng, function, dtype):
+    x = (rng.choice([-1e4, 1e4], size=(6, 33)) + rng.standard_normal((6, 33))).astype(dtype)
+    got = check(function, x, -1)
+    assert np.all(np.isfinite(got))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_one_row_of_200000_classes(rng, function, dtype):
+    x = make_logits(rng, (200_000,), dtype)
+    check(function, x, 0)
+    check(function, x.reshape(1, -1), 1)
+
+
+def test_log_softmax_subtracts_the_max_before_the_log_sum(rng):
+    # Near 1000, x - max is exact in float32 but max + log(sum) is rounded to
+    # a spacing of 6e-5: x - (max + log(sum)) would miss the tolerance.
+    x = np.float32(1000.0) + make_logits(rng, (64, 50), np.float32)
+    assert_close(fx.log_softmax(x), ref.log_softmax(x.astype(np.float64)), np.float32)

@@ -1,0 +1,230 @@
+"""fastxent against torch.nn.functional and autograd, where torch is installed.
+
+Two comparisons per case: against torch in the input's own dtype (loosely in
+float32, where torch itself rounds), and against torch in float64 on the same
+values (SPEC's per-element tolerance). Where SPEC deliberately differs from
+PyTorch, the difference is asserted here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastxent as fx  # noqa: E402
+import torch_ref  # noqa: E402
+from cases import (  # noqa: E402
+    FLOAT_DTYPES,
+    GRAD_MODES,
+    INDEX_OPTIONS,
+    LAYOUTS,
+    OTHER_AXES,
+    PROBABILITY_OPTIONS,
+    REDUCTIONS,
+    Layout,
+    Options,
+    assert_close,
+    count_rows,
+    loss_kwargs,
+    make_grad_output,
+    make_index_target,
+    make_logits,
+    make_probability_target,
+    make_weight,
+    tolerance,
+    upcast,
+    upcast_kwargs,
+)
+
+# torch's own float32 results carry float32 rounding of their own.
+SAME_DTYPE_TOLERANCE = {
+    np.dtype(np.float32): dict(rtol=1e-5, atol=1e-5),
+    np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12),
+}
+
+
+def compare(got, torch_same_dtype, torch_float64, dtype, terms=1):
+    got = np.asarray(got)
+    assert got.dtype == np.dtype(dtype)
+    assert got.shape == np.shape(torch_same_dtype)
+    np.testing.assert_allclose(got, torch_same_dtype, equal_nan=True, **SAME_DTYPE_TOLERANCE[np.dtype(dtype)])
+    np.testing.assert_allclose(got, torch_float64, equal_nan=True, **tolerance(dtype, terms))
+
+
+def check_against_torch(x, target, *, reduction, grad_output, rows, **kwargs):
+    dtype = x.dtype
+    loss, grad = fx.cross_entropy_with_grad(x, target, reduction=reduction, grad_output=grad_output, **kwargs)
+    same_loss, same_grad = torch_ref.cross_entropy_with_grad(
+        x, target, reduction=reduction, grad_output=grad_output, **kwargs
+    )
+    wide_loss, wide_grad = torch_ref.cross_entropy_with_grad(
+        upcast(x),
+        upcast(target),
+        reduction=reduction,
+        grad_output=upcast(grad_output),
+        **upcast_kwargs(kwargs),
+    )
+    compare(loss, same_loss, wide_loss, dtype, terms=rows if reduction == "sum" else 1)
+    compare(grad, same_grad, wide_grad, dtype)
+    compare(
+        fx.cross_entropy(x, target, reduction=reduction, **kwargs),
+        same_loss,
+        wide_loss,
+        dtype,
+        terms=rows if reduction == "sum" else 1,
+    )
+    compare(
+        fx.cross_entropy_grad(x, target, reduction=reduction, grad_output=grad_output, **kwargs),
+        same_grad,
+        wide_grad,
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction,per_sample", GRAD_MODES)
+@pytest.mark.parametrize("options", INDEX_OPTIONS)
+@pytest.mark.parametrize("layout", LAYOUTS + OTHER_AXES[2:6])
+def test_cross_entropy_index_targets(rng, layout, options, reduction, per_sample, dtype):
+    x = make_logits(rng, layout.shape, dtype)
+    target = make_index_target(rng, layout, options)
+    kwargs = loss_kwargs(rng, layout, options, dtype)
+    g = make_grad_output(rng, layout, per_sample)
+    check_against_torch(x, target, reduction=reduction, grad_output=g, rows=count_rows(layout), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction,per_sample", GRAD_MODES)
+@pytest.mark.parametrize("options", PROBABILITY_OPTIONS)
+@pytest.mark.parametrize("layout", LAYOUTS + OTHER_AXES[2:6])
+def test_cross_entropy_probability_targets(rng, layout, options, reduction, per_sample, dtype):
+    x = make_logits(rng, layout.shape, dtype)
+    target = make_probability_target(rng, layout, dtype)
+    kwargs = loss_kwargs(rng, layout, options, dtype)
+    g = make_grad_output(rng, layout, per_sample)
+    check_against_torch(x, target, reduction=reduction, grad_output=g, rows=count_rows(layout), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_weight_ignore_index_and_label_smoothing_together_on_many_rows(rng, reduction, dtype):
+    layout = Layout((512, 37, 3), None)
+    options = Options(weight=True, ignore_some_rows=True, label_smoothing=0.2)
+    x = make_logits(rng, layout.shape, dtype)
+    target = make_index_target(rng, layout, options)
+    kwargs = loss_kwargs(rng, layout, options, dtype)
+    check_against_torch(x, target, reduction=reduction, grad_output=1.0, rows=count_rows(layout), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_every_row_ignored_and_empty_batch(rng, reduction, dtype):
+    x = make_logits(rng, (5, 4), dtype)
+    check_against_torch(
+        x, np.full(5, -100), reduction=reduction, grad_output=1.0, rows=5, label_smoothing=0.1
+    )
+    empty = np.zeros((0, 4), dtype=dtype)
+    check_against_torch(empty, np.zeros(0, dtype=np.int64), reduction=reduction, grad_output=1.0, rows=0)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_masked_and_huge_logits(rng, reduction, dtype):
+    x = make_logits(rng, (16, 9), dtype)
+    target = make_index_target(rng, Layout((16, 9), None))
+    x[:, 7:] = -np.inf
+    target = target % 7
+    check_against_torch(x, target, reduction=reduction, grad_output=1.0, rows=16)
+    huge = (rng.choice([-1e4, 1e4], size=(16, 9)) + rng.standard_normal((16, 9))).astype(dtype)
+    check_against_torch(huge, target, reduction=reduction, grad_output=1.0, rows=16, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("function", ["log_softmax", "softmax", "logsumexp"])
+@pytest.mark.parametrize("layout", LAYOUTS + OTHER_AXES)
+def test_softmax_family(rng, function, layout, dtype):
+    x = make_logits(rng, layout.shape, dtype)
+    axis = layout.class_axis
+    got = getattr(fx, function)(x, axis=axis)
+    compare(
+        got,
+        getattr(torch_ref, function)(x, axis=axis),
+        getattr(torch_ref, function)(upcast(x), axis=axis),
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("function", ["log_softmax", "softmax", "logsumexp"])
+def test_softmax_family_infinities_and_nan(function, dtype):
+    x = np.tile(np.linspace(-2.0, 3.0, 20), (6, 1)).astype(dtype)
+    x[0, :] = -np.inf
+    x[1, 1] = -np.inf
+    x[2, 2] = np.inf
+    x[3, 0] = np.nan
+    x[4, ::2] = -np.inf
+    got = getattr(fx, function)(x, axis=1)
+    compare(
+        got, getattr(torch_ref, function)(x, axis=1), getattr(torch_ref, function)(upcast(x), axis=1), dtype
+    )
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("options", [o for o in INDEX_OPTIONS if o.values[0].label_smoothing == 0])
+@pytest.mark.parametrize("layout", LAYOUTS + OTHER_AXES[2:6])
+def test_nll_loss(rng, layout, options, reduction, dtype):
+    log_probs = fx.log_softmax(make_logits(rng, layout.shape, dtype), axis=layout.class_axis)
+    target = make_index_target(rng, layout, options)
+    weight = make_weight(rng, layout.num_classes, dtype) if options.weight else None
+    kwargs = dict(axis=layout.axis, ignore_index=options.ignore_index, reduction=reduction)
+    got = fx.nll_loss(log_probs, target, weight, **kwargs)
+    compare(
+        got,
+        torch_ref.nll_loss(log_probs, target, weight, **kwargs),
+        torch_ref.nll_loss(upcast(log_probs), target, upcast(weight), **kwargs),
+        dtype,
+        terms=count_rows(layout) if reduction == "sum" else 1,
+    )
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_float16_is_as_close_as_torch_in_float32(rng, reduction):
+    layout = Layout((32, 11), None)
+    x = make_logits(rng, layout.shape, np.float16)
+    target = make_index_target(rng, layout, Options(ignore_some_rows=True))
+    loss, grad = fx.cross_entropy_with_grad(x, target, reduction=reduction, label_smoothing=0.1)
+    expected_loss, expected_grad = torch_ref.cross_entropy_with_grad(
+        x.astype(np.float32), target, reduction=reduction, label_smoothing=0.1
+    )
+    assert_close(loss, expected_loss, np.float16)
+    assert_close(grad, expected_grad, np.float16)
+
+
+# ---------------------------------------------------------------------------
+# where SPEC deliberately differs from PyTorch
+# ---------------------------------------------------------------------------
+
+
+def test_negative_label_smoothing_raises_where_torch_treats_it_as_zero(rng):
+    x = make_logits(rng, (4, 5))
+    target = np.array([0, 1, 2, 3])
+    torch_negative, _ = torch_ref.cross_entropy_with_grad(x, target, label_smoothing=-0.1)
+    torch_zero, _ = torch_ref.cross_entropy_with_grad(x, target)
+    assert torch_negative == torch_zero
+    with pytest.raises(ValueError):
+        fx.cross_entropy(x, target, label_smoothing=-0.1)
+
+
+@pytest.mark.parametrize("target_dtype", [np.int32, np.int16, np.int8, np.uint16])
+def test_integer_targets_torch_refuses(rng, target_dtype):
+    x = make_logits(rng, (6, 5))
+    target = np.array([0, 1, 2, 3, 4, 0])
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor(target.astype(target_dtype)))
+    expected, _ = torch_ref.cross_entropy_with_grad(x, target, reduction="none")
+    np.testing.assert_allclose(
+        fx.cross_entropy(x, target.astype(target_dtype), reduction="none"), expected, rtol=1e-12, atol=1e-12
+    )
