@@ -26,9 +26,10 @@ inline ClassAxisView to_view(const ViewTuple& v) {
     return ClassAxisView{v[0], v[1], v[2], v[3], v[4]};
 }
 
+// An array of exactly T in native byte order (NumPy's "equivalent types", not object identity).
 template <typename T>
-bool has_dtype(const py::array& array) {
-    return array.dtype().is(py::dtype::of<T>());
+bool has_dtype(const py::handle& array) {
+    return py::isinstance<py::array_t<T>>(array);
 }
 
 // A read-only input; null when `object` is None. Strided inputs are allowed (the view says how to walk them).

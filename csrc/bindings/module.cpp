@@ -8,6 +8,7 @@ namespace fastxent::bindings {
 void register_runtime(py::module_& module);
 void register_softmax(py::module_& module);
 void register_loss(py::module_& module);
+void register_score(py::module_& module);
 }  // namespace fastxent::bindings
 
 PYBIND11_MODULE(_core, module) {
@@ -15,4 +16,5 @@ PYBIND11_MODULE(_core, module) {
     fastxent::bindings::register_runtime(module);
     fastxent::bindings::register_softmax(module);
     fastxent::bindings::register_loss(module);
+    fastxent::bindings::register_score(module);
 }

@@ -7,11 +7,13 @@ namespace FASTXENT_ISA {
 
 void register_softmax_kernels(KernelTable& table);  // softmax.cpp
 void register_loss_kernels(KernelTable& table);     // loss.cpp
+void register_score_kernels(KernelTable& table);    // score.cpp
 
 void register_kernels(KernelTable& table) {
     table.isa = FASTXENT_ISA_NAME;
     register_softmax_kernels(table);
     register_loss_kernels(table);
+    register_score_kernels(table);
 }
 
 }  // namespace FASTXENT_ISA

@@ -65,12 +65,22 @@ struct CrossEntropyProblem {
     double* partial_sums = nullptr;
 };
 
+// The scoring problems (score.h); declared here for the table.
+template <typename T>
+struct ScoreProblem;
+template <typename T>
+struct ScoreSpansProblem;
+
 struct KernelTable {
     const char* isa = "";
     void (*softmax_float)(const SoftmaxProblem<float>&) = nullptr;
     void (*softmax_double)(const SoftmaxProblem<double>&) = nullptr;
     void (*cross_entropy_float)(const CrossEntropyProblem<float>&) = nullptr;
     void (*cross_entropy_double)(const CrossEntropyProblem<double>&) = nullptr;
+    void (*score_float)(const ScoreProblem<float>&) = nullptr;
+    void (*score_double)(const ScoreProblem<double>&) = nullptr;
+    void (*score_spans_float)(const ScoreSpansProblem<float>&) = nullptr;
+    void (*score_spans_double)(const ScoreSpansProblem<double>&) = nullptr;
 };
 
 // How a view is cut into work items. It depends on the view only, never on the thread count: the

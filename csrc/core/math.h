@@ -48,19 +48,17 @@ inline std::uint64_t double_to_bits(double value) {
     return bits;
 }
 
-inline float exp_float(float x) {
-    const float lowest = -87.33654475f;   // log(FLT_MIN): below it the result is subnormal
-    const float highest = 88.0f;          // keeps n <= 127
+// exp(x) for x already clamped to [lowest, highest] (see the Note above). The magic constant holds the
+// exponent bias as well: after the add, the float's low mantissa bits are n + 127, and shifting them
+// into the exponent field gives 2^n in one integer instruction.
+inline float exp_float_clamped(float x) {
     const float log2e = 1.44269504088896341f;
     const float ln2_hi = 0.693359375f;    // 355/512: n * ln2_hi is exact for |n| < 2^15
     const float ln2_lo = -2.12194440e-4f;
-    const float magic = 12582912.0f;      // 1.5 * 2^23: adding it rounds to an integer in the low bits
-
-    float clamped = x < lowest ? lowest : x;
-    clamped = clamped > highest ? highest : clamped;
-    const float shifted = clamped * log2e + magic;
+    const float magic = 12583039.0f;      // 1.5 * 2^23 + 127
+    const float shifted = x * log2e + magic;
     const float n = shifted - magic;
-    float r = clamped - n * ln2_hi;
+    float r = x - n * ln2_hi;
     r = r - n * ln2_lo;
     // Minimax polynomial for (exp(r) - 1 - r) / r^2 on |r| <= ln(2)/2.
     float p = 1.9875691500e-4f;
@@ -70,26 +68,17 @@ inline float exp_float(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     const float exp_r = (p * r) * r + r + 1.0f;
-    // 2^n for n in [-126, 127], built directly as the float's exponent field.
-    const std::uint32_t n_bits = float_to_bits(shifted) - float_to_bits(magic);
-    const float scale = bits_to_float((n_bits + 127u) << 23);
-    const float result = exp_r * scale;
-    return x < lowest ? 0.0f : result;
+    return exp_r * bits_to_float(float_to_bits(shifted) << 23);
 }
 
-inline double exp_double(double x) {
-    const double lowest = -708.3964185322641;   // log(DBL_MIN)
-    const double highest = 709.0;                // keeps n <= 1023
+inline double exp_double_clamped(double x) {
     const double log2e = 1.4426950408889634;
     const double ln2_hi = 0.693145751953125;      // 22713/32768: n * ln2_hi exact for |n| < 2^37
     const double ln2_lo = 1.42860682030941723212e-6;
-    const double magic = 6755399441055744.0;      // 1.5 * 2^52
-
-    double clamped = x < lowest ? lowest : x;
-    clamped = clamped > highest ? highest : clamped;
-    const double shifted = clamped * log2e + magic;
+    const double magic = 6755399441056767.0;  // 1.5 * 2^52 + 1023
+    const double shifted = x * log2e + magic;
     const double n = shifted - magic;
-    double r = clamped - n * ln2_hi;
+    double r = x - n * ln2_hi;
     r = r - n * ln2_lo;
     // Taylor series of exp(r) to degree 13: the remainder on |r| <= ln(2)/2 is below 5e-18.
     double p = 1.0 / 6227020800.0;
@@ -105,10 +94,36 @@ inline double exp_double(double x) {
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
     const double exp_r = (p * r) * r + r + 1.0;
-    const std::uint64_t n_bits = double_to_bits(shifted) - double_to_bits(magic);
-    const double scale = bits_to_double((n_bits + 1023u) << 52);
-    const double result = exp_r * scale;
-    return x < lowest ? 0.0 : result;
+    return exp_r * bits_to_double(double_to_bits(shifted) << 52);
+}
+
+constexpr float kExpFloatLowest = -87.33654475f;         // log(FLT_MIN): below it the result is subnormal
+constexpr float kExpFloatHighest = 88.0f;                // keeps n <= 127
+constexpr double kExpDoubleLowest = -708.3964185322641;  // log(DBL_MIN)
+constexpr double kExpDoubleHighest = 709.0;              // keeps n <= 1023
+
+inline float exp_float(float x) {
+    float clamped = x < kExpFloatLowest ? kExpFloatLowest : x;
+    clamped = clamped > kExpFloatHighest ? kExpFloatHighest : clamped;
+    const float result = exp_float_clamped(clamped);
+    return x < kExpFloatLowest ? 0.0f : result;
+}
+
+inline double exp_double(double x) {
+    double clamped = x < kExpDoubleLowest ? kExpDoubleLowest : x;
+    clamped = clamped > kExpDoubleHighest ? kExpDoubleHighest : clamped;
+    const double result = exp_double_clamped(clamped);
+    return x < kExpDoubleLowest ? 0.0 : result;
+}
+
+// Note: exp inside a sum of exponentials. The kernels sum exp(x - max), whose arguments are <= 0 (or
+// NaN) and whose sum has a term exp(0) = 1. There, an argument below log(FLT_MIN) (a -inf mask
+// included) may give a tiny positive value (at most 1.2e-38, or 2.3e-308 for double) instead of 0:
+// it cannot change the sum. That saves the upper clamp and the final select, a quarter of the
+// instructions of the hot loop. Everything that is written out uses exp_float/exp_double.
+inline float exp_float_in_sum(float x) { return exp_float_clamped(x < kExpFloatLowest ? kExpFloatLowest : x); }
+inline double exp_double_in_sum(double x) {
+    return exp_double_clamped(x < kExpDoubleLowest ? kExpDoubleLowest : x);
 }
 
 // Note: log_double. x = 2^k * m with m in [sqrt(1/2), sqrt(2)), found by shifting the bits so that the
@@ -141,6 +156,8 @@ inline double log_double(double x) {
 }
 
 inline float fast_exp(float x) { return exp_float(x); }
+inline float fast_exp_in_sum(float x) { return exp_float_in_sum(x); }
+inline double fast_exp_in_sum(double x) { return exp_double_in_sum(x); }
 inline double fast_exp(double x) { return exp_double(x); }
 
 }  // namespace

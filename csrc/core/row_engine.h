@@ -72,9 +72,9 @@ double row_sum_exp(const T* x, std::int64_t n, T shift) {
         for (int j = 0; j < L; ++j) acc[j] = T(0);
         std::int64_t i = start;
         for (; i + L <= stop; i += L) {
-            for (int j = 0; j < L; ++j) acc[j] += fast_exp(x[i + j] - shift);
+            for (int j = 0; j < L; ++j) acc[j] += fast_exp_in_sum(x[i + j] - shift);
         }
-        for (; i < stop; ++i) acc[0] += fast_exp(x[i] - shift);
+        for (; i < stop; ++i) acc[0] += fast_exp_in_sum(x[i] - shift);
         total += static_cast<double>(fold_sum(acc));
     }
     return total;
@@ -235,7 +235,7 @@ void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int6
     for (std::int64_t c = 0; c < classes; ++c) {
         const T* row = x + c * stride;
         for (std::int64_t l = 0; l < lanes; ++l) {
-            tile.sum[l] += static_cast<double>(fast_exp(row[l] - tile.max[l]));
+            tile.sum[l] += static_cast<double>(fast_exp_in_sum(row[l] - tile.max[l]));
         }
     }
     finish_tile_stats(lanes, tile);
@@ -309,6 +309,171 @@ double logsumexp_from_stats(const RowStats& stats, const T* x, std::int64_t stri
         if (std::isnan(x[i * stride])) return std::numeric_limits<double>::quiet_NaN();
     }
     return stats.max;
+}
+
+}  // namespace
+}  // namespace fastxent
+
+// ---------------------------------------------------------------------------------------------------
+// Scoring helpers (score.cpp): the entropy's second moment, the first index of a value, counts of
+// larger logits. Added at the end so that the helpers above stay as they are.
+namespace fastxent {
+namespace {
+
+// An integer of T's width, so that a loop mixing logits and indices vectorises without widening.
+template <typename T>
+struct SameWidthIndex;
+template <>
+struct SameWidthIndex<float> {
+    using type = std::int32_t;
+};
+template <>
+struct SameWidthIndex<double> {
+    using type = std::int64_t;
+};
+
+// Note: entropy. With e_i = exp(x_i - shift), S0 = sum_i e_i and S1 = sum_i e_i * (x_i - shift),
+// the entropy of the softmax is log(S0) - S1 / S0: both terms are >= 0 (S1 <= 0), so nothing cancels.
+// A masked logit (-inf) has e_i = 0 and x_i - shift = -inf; its term is taken as 0 (the limit of
+// p log p), not 0 * -inf = NaN, so masked rows keep a finite entropy. The sums are blocked like
+// row_sum_exp (T inside a block, double across blocks); every S1 term has the same sign.
+template <typename T>
+void row_sum_exp_and_moment(const T* x, std::int64_t n, T shift, double& sum, double& moment) {
+    constexpr int L = kAccumulators<T>;
+    sum = 0.0;
+    moment = 0.0;
+    for (std::int64_t start = 0; start < n; start += kSumBlock) {
+        const std::int64_t stop = n - start < kSumBlock ? n : start + kSumBlock;
+        T sum_acc[L];
+        T moment_acc[L];
+        for (int j = 0; j < L; ++j) sum_acc[j] = moment_acc[j] = T(0);
+        std::int64_t i = start;
+        for (; i + L <= stop; i += L) {
+            for (int j = 0; j < L; ++j) {
+                const T shifted = x[i + j] - shift;
+                const T e = fast_exp(shifted);
+                sum_acc[j] += e;
+                moment_acc[j] += e == T(0) ? T(0) : e * shifted;
+            }
+        }
+        for (; i < stop; ++i) {
+            const T shifted = x[i] - shift;
+            const T e = fast_exp(shifted);
+            sum_acc[0] += e;
+            moment_acc[0] += e == T(0) ? T(0) : e * shifted;
+        }
+        sum += static_cast<double>(fold_sum(sum_acc));
+        moment += static_cast<double>(fold_sum(moment_acc));
+    }
+}
+
+// The first i with x_i == value (or, with find_nan, the first NaN), or n if there is none. Blocks of
+// kSumBlock elements, each a branch-free min-index reduction that vectorises, with an exit between
+// blocks: a row whose maximum is near its start is not read to the end.
+template <typename T, bool find_nan>
+std::int64_t row_first_index(const T* x, std::int64_t n, T value) {
+    using Index = typename SameWidthIndex<T>::type;
+    for (std::int64_t start = 0; start < n; start += kSumBlock) {
+        const Index count = static_cast<Index>(n - start < kSumBlock ? n - start : kSumBlock);
+        const T* block = x + start;
+        Index first = count;
+        for (Index i = 0; i < count; ++i) {
+            const bool hit = find_nan ? block[i] != block[i] : block[i] == value;
+            const Index candidate = hit ? i : count;
+            first = candidate < first ? candidate : first;
+        }
+        if (first < count) return start + first;
+    }
+    return n;
+}
+
+template <typename T>
+std::int64_t row_first_index_of(const T* x, std::int64_t n, T value) {
+    return row_first_index<T, false>(x, n, value);
+}
+
+template <typename T>
+std::int64_t row_first_nan(const T* x, std::int64_t n) {
+    return row_first_index<T, true>(x, n, T(0));
+}
+
+// How many x_i are strictly greater than value (NaN is greater than nothing, and nothing is greater
+// than NaN).
+template <typename T>
+std::int64_t row_count_greater(const T* x, std::int64_t n, T value) {
+    using Index = typename SameWidthIndex<T>::type;
+    std::int64_t total = 0;
+    for (std::int64_t start = 0; start < n; start += kSumBlock) {
+        const Index count = static_cast<Index>(n - start < kSumBlock ? n - start : kSumBlock);
+        const T* block = x + start;
+        Index greater = 0;
+        for (Index i = 0; i < count; ++i) greater += block[i] > value ? Index(1) : Index(0);
+        total += greater;
+    }
+    return total;
+}
+
+// Tiles of rows (lane l of class c at x[c * stride + l]), as tile_stats.
+
+// Per lane: the max (ignoring NaN), S0 and S1 of row_sum_exp_and_moment, in double.
+template <typename T>
+void tile_max_sum_and_moment(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
+                             T* max, double* sum, double* moment) {
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        max[l] = negative_infinity<T>();
+        sum[l] = moment[l] = 0.0;
+    }
+    for (std::int64_t c = 0; c < classes; ++c) {
+        const T* row = x + c * stride;
+        for (std::int64_t l = 0; l < lanes; ++l) max[l] = row[l] > max[l] ? row[l] : max[l];
+    }
+    for (std::int64_t c = 0; c < classes; ++c) {
+        const T* row = x + c * stride;
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            const T shifted = row[l] - max[l];
+            const T e = fast_exp(shifted);
+            sum[l] += static_cast<double>(e);
+            moment[l] += static_cast<double>(e == T(0) ? T(0) : e * shifted);
+        }
+    }
+}
+
+// Per lane: the first class holding the lane's max, or the first NaN if the lane has one (as
+// numpy.argmax). Scans the classes backwards so that the last hit, the first index, is kept.
+template <typename T>
+void tile_argmax(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, const T* max,
+                 std::int64_t* argmax) {
+    using Index = typename SameWidthIndex<T>::type;
+    Index first_max[kTileLanes];
+    Index first_nan[kTileLanes];
+    const Index none = static_cast<Index>(classes);
+    for (std::int64_t l = 0; l < lanes; ++l) first_max[l] = first_nan[l] = none;
+    for (std::int64_t c = classes - 1; c >= 0; --c) {
+        const T* row = x + c * stride;
+        const Index index = static_cast<Index>(c);
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            first_max[l] = row[l] == max[l] ? index : first_max[l];
+            first_nan[l] = row[l] != row[l] ? index : first_nan[l];
+        }
+    }
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        const Index found = first_nan[l] < none ? first_nan[l] : first_max[l];
+        argmax[l] = static_cast<std::int64_t>(found < none ? found : 0);
+    }
+}
+
+// Per lane: how many classes are strictly greater than value[l].
+template <typename T>
+void tile_count_greater(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
+                        const T* value, std::int64_t* count) {
+    using Index = typename SameWidthIndex<T>::type;
+    Index greater[kTileLanes];
+    for (std::int64_t l = 0; l < lanes; ++l) greater[l] = 0;
+    for (std::int64_t c = 0; c < classes; ++c) {
+        const T* row = x + c * stride;
+        for (std::int64_t l = 0; l < lanes; ++l) greater[l] += row[l] > value[l] ? Index(1) : Index(0);
+    }
+    for (std::int64_t l = 0; l < lanes; ++l) count[l] = static_cast<std::int64_t>(greater[l]);
 }
 
 }  // namespace

@@ -19,11 +19,14 @@ from ._functional import (
     softmax,
 )
 from ._loss import CrossEntropyLoss
+from ._score import Score, SpanScore, score, score_spans
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CrossEntropyLoss",
+    "Score",
+    "SpanScore",
     "cpu_info",
     "cross_entropy",
     "cross_entropy_grad",
@@ -32,6 +35,8 @@ __all__ = [
     "log_softmax",
     "logsumexp",
     "nll_loss",
+    "score",
+    "score_spans",
     "set_num_threads",
     "softmax",
 ]

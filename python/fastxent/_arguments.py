@@ -27,6 +27,9 @@ def logits(x: Any, name: str = "input") -> Tuple[np.ndarray, np.dtype]:
     """Returns ``(array to compute on, dtype of the results)``; float16 is computed in float32."""
     array = x if type(x) is np.ndarray else np.asarray(x)
     dtype = array.dtype
+    if not dtype.isnative:
+        dtype = dtype.newbyteorder("=")
+        array = array.astype(dtype)
     if dtype == _FLOAT32 or dtype == _FLOAT64:
         result = array
     elif dtype == _FLOAT16:
@@ -176,9 +179,12 @@ def targets(target: Any, x: np.ndarray, axis: int, original_shape: Tuple[int, ..
     )
 
 
-def output(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Tuple[Any, ...]) -> np.ndarray:
+def output(
+    out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Tuple[Any, ...], in_place: Any = None
+) -> np.ndarray:
     """Checks an ``out=`` array: C-contiguous, writeable, exactly ``shape`` and ``dtype``, and not
-    overlapping any input."""
+    overlapping any input, except that it may be ``in_place`` itself (the logits): every kernel reads
+    an element, or its row's statistics, before it writes the same element."""
     if not isinstance(out, np.ndarray):
         raise ValueError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:
@@ -190,8 +196,10 @@ def output(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Tuple[Any,
     if not out.flags.writeable:
         raise ValueError("out is read-only")
     for array in inputs:
-        if isinstance(array, np.ndarray) and np.may_share_memory(out, array):
-            raise ValueError("out must not overlap an input array")
+        if array is in_place or not isinstance(array, np.ndarray):
+            continue
+        if np.may_share_memory(out, array):
+            raise ValueError("out must not overlap an input array (other than being the logits array itself)")
     return out
 
 

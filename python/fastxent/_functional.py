@@ -18,7 +18,7 @@ def _softmax_family(x: ArrayLike, axis: Any, op: str, out: Optional[np.ndarray])
     axis = args.class_axis(array.ndim, axis, pytorch_default=False)
     shape = array.shape if op != "logsumexp" else array.shape[:axis] + array.shape[axis + 1 :]
     if out is not None:
-        args.output(out, shape, dtype, (x, array))
+        args.output(out, shape, dtype, (x, array), in_place=x)
     array, view = args.class_view(array, axis)
     compute_dtype = array.dtype
     result = out if out is not None and dtype == compute_dtype else np.empty(shape, compute_dtype)
@@ -135,10 +135,13 @@ def _loss(problem: _Problem, **run_options: Any) -> Loss:
     return args.reduce(total, denominator, problem.reduction, problem.dtype)
 
 
-def _grad_buffers(problem: _Problem, grad_output: Any, out: Optional[np.ndarray], inputs: Tuple[Any, ...]):
+def _grad_buffers(
+    problem: _Problem, grad_output: Any, out: Optional[np.ndarray], inputs: Tuple[Any, ...], logits: Any
+):
     scalar, rows = args.grad_rows(grad_output, problem.reduction, problem.row_shape, problem.array.dtype)
     if out is not None:
-        args.output(out, problem.shape, problem.dtype, inputs)
+        inputs = inputs + (problem.array, problem.targets.index, problem.targets.probability, problem.weight, rows)
+        args.output(out, problem.shape, problem.dtype, inputs, in_place=logits)
     direct = out is not None and out.dtype == problem.array.dtype
     grad = out if direct else np.empty(problem.shape, problem.array.dtype)
     return scalar, rows, grad
@@ -198,7 +201,7 @@ def cross_entropy_grad(
     input's shape and dtype, filled and returned. Nothing is written when an argument is invalid.
     """
     problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing)
-    scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight))
+    scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight), input)
     problem.run(grad=grad, grad_output=scalar, grad_rows=rows)
     return _finish_grad(grad, problem, out)
 
@@ -218,7 +221,7 @@ def cross_entropy_with_grad(
     """``(cross_entropy(...), cross_entropy_grad(...))`` from one pass over the logits: each row is
     read once, and its gradient written straight into the result (or ``out``)."""
     problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing)
-    scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight))
+    scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight), input)
     loss = _loss(problem, grad=grad, grad_output=scalar, grad_rows=rows)
     return loss, _finish_grad(grad, problem, out)
 

@@ -15,9 +15,10 @@ class CrossEntropyLoss:
 
     ``loss = crit(input, target)`` (or ``crit.forward``) computes ``cross_entropy`` with the options
     given here; ``crit.backward(grad_output=1.0)`` returns d loss / d input of the last call. Between
-    the two it keeps references to the input and target (not copies: do not modify them in place
-    before ``backward``) and the per-row max and log-sum-exp, 16 bytes a row, so that ``backward``
-    reads the logits once and no N x C buffer is kept.
+    the two it keeps a reference to the logits (not a copy: write the next batch into the same
+    buffer only after ``backward``, as with any autograd framework), a copy of the class indices and
+    the per-row max and log-sum-exp (16 bytes a row), so that ``backward`` reads the logits once and
+    no N x C buffer is kept. Probability targets are kept by reference too.
     """
 
     def __init__(
@@ -45,6 +46,10 @@ class CrossEntropyLoss:
         problem = _prepare(
             input, target, self.weight, self.axis, self.ignore_index, self.reduction, self.label_smoothing
         )
+        if problem.targets.index is not None:
+            # Class indices are O(rows): keep a private copy, so that reusing the target buffer for
+            # the next batch before backward() cannot change this call's gradient.
+            problem = problem._replace(targets=problem.targets._replace(index=problem.targets.index.copy()))
         stats = np.empty((problem.rows, 2), np.float64)
         loss = _loss(problem, save_stats=stats)
         self._problem, self._stats = problem, stats
@@ -58,7 +63,7 @@ class CrossEntropyLoss:
         problem = self._problem
         if problem is None:
             raise RuntimeError("backward() was called before forward(): there is no loss to differentiate")
-        scalar, rows, grad = _grad_buffers(problem, grad_output, out, (problem.array,))
+        scalar, rows, grad = _grad_buffers(problem, grad_output, out, (), problem.array)
         problem.run(grad=grad, grad_output=scalar, grad_rows=rows, saved_stats=self._stats)
         return _finish_grad(grad, problem, out)
 

@@ -1,0 +1,243 @@
+// Scoring kernels for language-model evaluation: per row the log-probability of each target, the
+// logsumexp, the argmax, the rank of each target and the entropy of the softmax; and per span of rows
+// the summed target log-probability and whether every target was the greedy choice. Compiled once per
+// instruction set (FASTXENT_ISA names the namespace; see CMakeLists.txt).
+//
+// Note: one pass. A row is read from memory once: the max pass brings it into cache, and the passes
+// that follow (exponentials with the entropy's moment, the first index of the max, the counts of
+// larger logits) read it from there. Nothing of the row's size is ever written.
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels.h"
+#include "parallel.h"
+#include "row_engine.h"
+#include "score.h"
+
+namespace fastxent {
+namespace FASTXENT_ISA {
+
+namespace {
+
+// Span rows are handed out in items of about this many elements (whole rows, at least one). Every
+// row's result is independent of the others, so the item size never changes a result.
+constexpr std::int64_t kSpanItemElements = 1 << 15;
+
+// The statistics of one contiguous row.
+template <typename T>
+struct RowScore {
+    T max;                 // ignoring NaN (see row_max)
+    double log_sum;        // log(sum_c exp(x_c - max))
+    double logsumexp;
+    double entropy;
+    std::int64_t argmax;
+
+    // log_softmax at class t, as (x_t - max) - log_sum.
+    double log_prob(T target_logit) const {
+        return (static_cast<double>(target_logit) - static_cast<double>(max)) - log_sum;
+    }
+};
+
+// Note: argmax and NaN. numpy.argmax returns the first NaN of a row that has one, otherwise the first
+// index of the max. The max ignores NaN, so the sum of exponentials is NaN exactly when the row has a
+// NaN or its max is infinite (inf - inf); only then is the row searched for a NaN. A row of -inf has
+// argmax 0, as in NumPy.
+template <typename T>
+RowScore<T> score_row(const T* x, std::int64_t classes) {
+    RowScore<T> score;
+    score.max = row_max(x, classes);
+    double sum = 0.0;
+    double moment = 0.0;
+    row_sum_exp_and_moment(x, classes, score.max, sum, moment);
+    score.log_sum = std::log(sum);
+    score.logsumexp =
+        logsumexp_from_stats(RowStats{static_cast<double>(score.max), score.log_sum}, x, 1, classes);
+    score.entropy = score.log_sum - moment / sum;
+    score.argmax = classes;
+    if (sum != sum) score.argmax = row_first_nan(x, classes);
+    if (score.argmax == classes) score.argmax = row_first_index_of(x, classes, score.max);
+    return score;
+}
+
+// Every statistic of one contiguous row and its candidates.
+template <typename T>
+void score_whole_row(const ScoreProblem<T>& p, const T* x, std::int64_t row) {
+    const std::int64_t classes = p.view.classes;
+    const RowScore<T> score = score_row(x, classes);
+    p.lse[row] = static_cast<T>(score.logsumexp);
+    p.argmax[row] = score.argmax;
+    p.entropy[row] = static_cast<T>(score.entropy);
+    for (std::int64_t k = 0; k < p.candidates; ++k) {
+        const std::int64_t at = row * p.candidates + k;
+        const std::int64_t t = p.target[at];
+        const T target_logit = x[t];
+        p.logprob[at] = static_cast<T>(score.log_prob(target_logit));
+        p.is_greedy[at] = t == score.argmax;
+        p.rank[at] = row_count_greater(x, classes, target_logit);
+    }
+}
+
+// A tile of `lanes` consecutive rows starting at `row0`, class c of lane l at x[c * stride + l]:
+// every statistic vectorised across the rows; only the target gathers are scalar.
+template <typename T>
+void score_tile(const ScoreProblem<T>& p, const T* x, std::int64_t stride, std::int64_t row0,
+                std::int64_t lanes) {
+    const std::int64_t classes = p.view.classes;
+    T max[kTileLanes];
+    double sum[kTileLanes];
+    double moment[kTileLanes];
+    double log_sum[kTileLanes];
+    std::int64_t argmax[kTileLanes];
+    tile_max_sum_and_moment(x, stride, classes, lanes, max, sum, moment);
+    for (std::int64_t l = 0; l < lanes; ++l) log_sum[l] = log_double(sum[l]);
+    tile_argmax(x, stride, classes, lanes, max, argmax);
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        const std::int64_t row = row0 + l;
+        const RowStats stats{static_cast<double>(max[l]), log_sum[l]};
+        p.lse[row] = static_cast<T>(logsumexp_from_stats(stats, x + l, stride, classes));
+        p.argmax[row] = argmax[l];
+        p.entropy[row] = static_cast<T>(log_sum[l] - moment[l] / sum[l]);
+    }
+    T target_logit[kTileLanes];
+    std::int64_t rank[kTileLanes];
+    for (std::int64_t k = 0; k < p.candidates; ++k) {
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            target_logit[l] = x[p.target[(row0 + l) * p.candidates + k] * stride + l];
+        }
+        tile_count_greater(x, stride, classes, lanes, target_logit, rank);
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            const std::int64_t at = (row0 + l) * p.candidates + k;
+            const double log_prob =
+                (static_cast<double>(target_logit[l]) - static_cast<double>(max[l])) - log_sum[l];
+            p.logprob[at] = static_cast<T>(log_prob);
+            p.is_greedy[at] = p.target[at] == argmax[l];
+            p.rank[at] = rank[l];
+        }
+    }
+}
+
+template <typename T>
+void score_kernel(const ScoreProblem<T>& problem) {
+    const ClassAxisView& view = problem.view;
+    const WorkPlan plan = plan_work(view);
+    const std::int64_t rows = view.rows();
+    const std::int64_t classes = view.classes;
+    const int threads = threads_for(plan.items, view.size());
+
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (std::int64_t item = 0; item < plan.items; ++item) {
+        if (plan.strategy == Strategy::rows) {
+            const std::int64_t first = item * plan.rows_per_item;
+            const std::int64_t last = first + plan.rows_per_item < rows ? first + plan.rows_per_item : rows;
+            for (std::int64_t row = first; row < last; ++row) {
+                score_whole_row(problem, problem.input + row * view.outer_stride, row);
+            }
+        } else if (plan.strategy == Strategy::columns) {
+            const std::int64_t tiles_per_outer = (view.inner + kTileLanes - 1) / kTileLanes;
+            const std::int64_t outer = item / tiles_per_outer;
+            const std::int64_t lane0 = (item % tiles_per_outer) * kTileLanes;
+            const std::int64_t lanes = view.inner - lane0 < kTileLanes ? view.inner - lane0 : kTileLanes;
+            score_tile(problem, problem.input + outer * view.outer_stride + lane0, view.class_stride,
+                       outer * view.inner + lane0, lanes);
+        } else {
+            const std::int64_t first = item * kTileLanes;
+            const std::int64_t lanes = rows - first < kTileLanes ? rows - first : kTileLanes;
+            T tile[kSmallClasses * kTileLanes];
+            transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes, tile);
+            score_tile(problem, tile, kTileLanes, first, lanes);
+        }
+    }
+}
+
+// One row buffer per thread, for rows whose classes are not contiguous (inner > 1).
+template <typename T>
+struct RowBuffers {
+    T* data = nullptr;
+    ~RowBuffers() { delete[] data; }
+};
+
+int current_thread() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+// Note: spans read only their rows. Each covered row is scored once, however many spans hold it, into
+// per-row scratch; each span then adds its rows' log-probabilities in row order (in double), so the
+// result depends neither on the thread count nor on the other spans. Rows outside every span are
+// never read: a NaN or a garbage target there changes nothing.
+template <typename T>
+void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
+    const ClassAxisView& view = problem.view;
+    const std::int64_t rows = view.rows();
+    const std::int64_t classes = view.classes;
+    const bool contiguous = view.inner == 1;
+
+    std::int64_t rows_per_item = classes > 0 ? kSpanItemElements / classes : kSpanItemElements;
+    if (rows_per_item < 1) rows_per_item = 1;
+    const std::int64_t items = (rows + rows_per_item - 1) / rows_per_item;
+    const int threads = threads_for(items, view.size());
+    RowBuffers<T> buffers;
+    if (!contiguous) buffers.data = new T[static_cast<std::size_t>(threads) * static_cast<std::size_t>(classes)];
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        T* buffer = contiguous ? nullptr : buffers.data + current_thread() * classes;
+#pragma omp for schedule(dynamic, 1)
+        for (std::int64_t item = 0; item < items; ++item) {
+            const std::int64_t first = item * rows_per_item;
+            const std::int64_t last = first + rows_per_item < rows ? first + rows_per_item : rows;
+            for (std::int64_t row = first; row < last; ++row) {
+                if (problem.row_covered[row] == 0) continue;
+                const T* x = nullptr;
+                if (contiguous) {
+                    x = problem.input + row * view.outer_stride;
+                } else {
+                    const T* source = problem.input + (row / view.inner) * view.outer_stride + row % view.inner;
+                    for (std::int64_t c = 0; c < classes; ++c) buffer[c] = source[c * view.class_stride];
+                    x = buffer;
+                }
+                const RowScore<T> score = score_row(x, classes);
+                const std::int64_t t = problem.target[row];
+                problem.row_logprob[row] = score.log_prob(x[t]);
+                problem.row_greedy[row] = t == score.argmax;
+            }
+        }
+    }
+
+    std::int64_t span_rows = 0;
+    for (std::int64_t s = 0; s < problem.spans; ++s) span_rows += problem.lengths[s];
+    const int span_threads = threads_for(problem.spans, span_rows);
+#pragma omp parallel for schedule(static) num_threads(span_threads) if (span_threads > 1)
+    for (std::int64_t s = 0; s < problem.spans; ++s) {
+        const std::int64_t first = problem.starts[s];
+        const std::int64_t last = first + problem.lengths[s];
+        double total = 0.0;
+        bool greedy = true;
+        for (std::int64_t row = first; row < last; ++row) {
+            total += problem.row_logprob[row];
+            greedy = greedy && problem.row_greedy[row];
+        }
+        problem.span_logprob[s] = total;
+        problem.span_greedy[s] = greedy;
+    }
+}
+
+}  // namespace
+
+void register_score_kernels(KernelTable& table) {
+    table.score_float = score_kernel<float>;
+    table.score_double = score_kernel<double>;
+    table.score_spans_float = score_spans_kernel<float>;
+    table.score_spans_double = score_spans_kernel<double>;
+}
+
+}  // namespace FASTXENT_ISA
+}  // namespace fastxent

@@ -1,0 +1,73 @@
+# Stubs of the compiled module fastxent._core (csrc/bindings/*.cpp). Private: the public API is the
+# fastxent package, which normalises every argument before calling these.
+#
+# view: (outer, classes, inner, outer_stride, class_stride), element strides of the class-axis view.
+# Output arrays are C-contiguous, writeable and of the documented size; they are filled in place.
+
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+View = Tuple[int, int, int, int, int]
+
+# register_runtime.cpp
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def cpu_info() -> Dict[str, Any]: ...
+
+# register_softmax.cpp. op: 0 log_softmax, 1 softmax, 2 logsumexp.
+def softmax(input: np.ndarray, view: View, op: int, out: np.ndarray) -> None: ...
+
+# register_loss.cpp. reduction: 0 none, 1 mean, 2 sum. Returns (sum of the row losses, denominator of "mean").
+def cross_entropy(
+    input: np.ndarray,
+    view: View,
+    target_index: Optional[np.ndarray],
+    target_prob: Optional[np.ndarray],
+    weight: Optional[np.ndarray],
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: int,
+    grad_output: float,
+    grad_rows: Optional[np.ndarray],
+    row_loss: Optional[np.ndarray],
+    grad: Optional[np.ndarray],
+    save_stats: Optional[np.ndarray],
+    saved_stats: Optional[np.ndarray],
+    want_sum: bool,
+) -> Tuple[float, float]: ...
+def nll_loss(
+    input: np.ndarray,
+    view: View,
+    target: np.ndarray,
+    weight: Optional[np.ndarray],
+    ignore_index: int,
+    row_loss: Optional[np.ndarray],
+) -> Tuple[float, float]: ...
+
+# register_score.cpp. target: int64 (rows, candidates); logprob (input dtype), is_greedy (bool) and
+# rank (int64) of rows * candidates entries; lse (input dtype), argmax (int64), entropy (input dtype)
+# of rows entries.
+def score(
+    input: np.ndarray,
+    view: View,
+    target: np.ndarray,
+    candidates: int,
+    logprob: np.ndarray,
+    is_greedy: np.ndarray,
+    rank: np.ndarray,
+    lse: np.ndarray,
+    argmax: np.ndarray,
+    entropy: np.ndarray,
+) -> None: ...
+
+# target: int64 (rows); starts, lengths: int64 (spans); span_logprob: float64 (spans); span_greedy: bool (spans).
+def score_spans(
+    input: np.ndarray,
+    view: View,
+    target: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    span_logprob: np.ndarray,
+    span_greedy: np.ndarray,
+) -> None: ...
