@@ -2,6 +2,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "arrays.h"
 #include "core/dispatch.h"
@@ -61,8 +62,8 @@ py::tuple run_cross_entropy(const py::array& input, const ClassAxisView& view, c
         reinterpret_cast<const RowStats*>(dense_data<double>(saved_stats, "saved_stats", 2 * rows, false));
 
     const WorkPlan plan = plan_work(view);
-    py::array_t<double> partials(want_sum ? plan.items : 0);
-    if (want_sum) problem.partial_sums = partials.mutable_data();
+    std::vector<double> partials(want_sum ? static_cast<std::size_t>(plan.items) : 0);
+    if (want_sum) problem.partial_sums = partials.data();
 
     double total = 0.0;
     double denominator = 0.0;

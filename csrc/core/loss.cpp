@@ -136,7 +136,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     if (p.saved_stats != nullptr) {
         load_tile_stats(p.saved_stats + row0, lanes, tile);
     } else {
-        tile_stats(x, stride, classes, lanes, tile);
+        tile_stats(x, stride, classes, lanes, grad != nullptr, tile);
     }
     if (p.save_stats != nullptr) {
         for (std::int64_t l = 0; l < lanes; ++l) p.save_stats[row0 + l] = tile.row(l);
@@ -149,7 +149,11 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     double a[kTileLanes];      // the gradient's p_j coefficient
     const bool index_targets = p.target_index != nullptr;
     const double smoothing = ctx.smoothing;
-    for (std::int64_t l = 0; l < lanes; ++l) scale[l] = ctx.row_scale(row0 + l);
+    if (p.grad_rows == nullptr) {
+        for (std::int64_t l = 0; l < lanes; ++l) scale[l] = p.grad_scale;
+    } else {
+        for (std::int64_t l = 0; l < lanes; ++l) scale[l] = p.grad_scale * static_cast<double>(p.grad_rows[row0 + l]);
+    }
 
     double target_logit[kTileLanes];
     double weight_t[kTileLanes];
@@ -180,8 +184,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             a[l] = total[l];
         }
     }
-    double loss_sum = 0.0;
-    for (std::int64_t l = 0; l < lanes; ++l) loss_sum += loss[l];
+    const double loss_sum = ordered_sum(loss, lanes);
     if (p.row_loss != nullptr) {
         for (std::int64_t l = 0; l < lanes; ++l) p.row_loss[row0 + l] = static_cast<T>(loss[l]);
     }

@@ -18,10 +18,17 @@
 namespace fastxent {
 namespace {
 
-// Independent accumulators per loop: enough to fill two AVX-512 registers (or four AVX2 ones) and to
-// hide the latency of the adds. Fixed per element type, so every instruction set sums in the same order.
+// Independent accumulators per loop: two vector registers of the instruction set this file is
+// compiled for (FASTXENT_VECTOR_BYTES, set by CMake), enough to hide the latency of the adds without
+// spilling the exp's constants out of the registers; four for the max, whose loop body is one
+// instruction. The summation order depends on the instruction set, never on the thread count.
+#ifndef FASTXENT_VECTOR_BYTES
+#define FASTXENT_VECTOR_BYTES 16
+#endif
 template <typename T>
-constexpr int kAccumulators = 64 / static_cast<int>(sizeof(T)) * 2;
+constexpr int kAccumulators = 2 * FASTXENT_VECTOR_BYTES / static_cast<int>(sizeof(T));
+template <typename T>
+constexpr int kMaxAccumulators = 4 * FASTXENT_VECTOR_BYTES / static_cast<int>(sizeof(T));
 
 // Note: block sums. The sum of exponentials runs in T within blocks of kSumBlock elements and the
 // block sums are added in double. Inside a block each accumulator adds at most
@@ -48,7 +55,7 @@ T fold_sum(T (&acc)[N]) {
 // finite values would subtract NaN from -inf masks and lose the distinction in logsumexp.
 template <typename T>
 T row_max(const T* x, std::int64_t n) {
-    constexpr int L = kAccumulators<T>;
+    constexpr int L = kMaxAccumulators<T>;
     T acc[L];
     for (int j = 0; j < L; ++j) acc[j] = negative_infinity<T>();
     std::int64_t i = 0;
@@ -72,9 +79,9 @@ double row_sum_exp(const T* x, std::int64_t n, T shift) {
         for (int j = 0; j < L; ++j) acc[j] = T(0);
         std::int64_t i = start;
         for (; i + L <= stop; i += L) {
-            for (int j = 0; j < L; ++j) acc[j] += fast_exp_in_sum(x[i + j] - shift);
+            for (int j = 0; j < L; ++j) acc[j] += exp_in_sum(x[i + j], shift);
         }
-        for (; i < stop; ++i) acc[0] += fast_exp_in_sum(x[i] - shift);
+        for (; i < stop; ++i) acc[0] += exp_in_sum(x[i], shift);
         total += static_cast<double>(fold_sum(acc));
     }
     return total;
@@ -214,15 +221,15 @@ struct TileStats {
     RowStats row(std::int64_t l) const { return RowStats{static_cast<double>(max[l]), log_sum[l]}; }
 };
 
-// The per-lane logarithms and reciprocals, vectorised (a libm call per row would dominate small C).
+// The per-lane reciprocals, vectorised (a libm call per row would dominate small C).
 template <typename T>
-void finish_tile_stats(std::int64_t lanes, TileStats<T>& tile) {
-    for (std::int64_t l = 0; l < lanes; ++l) tile.log_sum[l] = log_double(tile.sum[l]);
+void tile_inverse(std::int64_t lanes, TileStats<T>& tile) {
     for (std::int64_t l = 0; l < lanes; ++l) tile.inverse[l] = exp_double(-tile.log_sum[l]);
 }
 
+// Per-lane max, sum of exponentials and its log; the reciprocal too when `with_inverse`.
 template <typename T>
-void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
+void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, bool with_inverse,
                 TileStats<T>& tile) {
     for (std::int64_t l = 0; l < lanes; ++l) {
         tile.max[l] = negative_infinity<T>();
@@ -235,10 +242,11 @@ void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int6
     for (std::int64_t c = 0; c < classes; ++c) {
         const T* row = x + c * stride;
         for (std::int64_t l = 0; l < lanes; ++l) {
-            tile.sum[l] += static_cast<double>(fast_exp_in_sum(row[l] - tile.max[l]));
+            tile.sum[l] += static_cast<double>(exp_in_sum(row[l], tile.max[l]));
         }
     }
-    finish_tile_stats(lanes, tile);
+    for (std::int64_t l = 0; l < lanes; ++l) tile.log_sum[l] = log_double(tile.sum[l]);
+    if (with_inverse) tile_inverse(lanes, tile);
 }
 
 template <typename T>
@@ -247,7 +255,21 @@ void load_tile_stats(const RowStats* saved, std::int64_t lanes, TileStats<T>& ti
         tile.max[l] = static_cast<T>(saved[l].max);
         tile.log_sum[l] = saved[l].log_sum;
     }
-    for (std::int64_t l = 0; l < lanes; ++l) tile.inverse[l] = exp_double(-tile.log_sum[l]);
+    tile_inverse(lanes, tile);
+}
+
+// The sum of `n` values in a fixed order that vectorises: kAccumulators interleaved partial sums,
+// then pairwise. (A plain running sum is one dependent add per value.)
+inline double ordered_sum(const double* values, std::int64_t n) {
+    constexpr int L = kAccumulators<double>;
+    double acc[L];
+    for (int j = 0; j < L; ++j) acc[j] = 0.0;
+    std::int64_t i = 0;
+    for (; i + L <= n; i += L) {
+        for (int j = 0; j < L; ++j) acc[j] += values[i + j];
+    }
+    for (; i < n; ++i) acc[0] += values[i];
+    return fold_sum(acc);
 }
 
 // Per lane: sum_c w_c * (x_c - max) in double.
@@ -334,34 +356,42 @@ struct SameWidthIndex<double> {
 
 // Note: entropy. With e_i = exp(x_i - shift), S0 = sum_i e_i and S1 = sum_i e_i * (x_i - shift),
 // the entropy of the softmax is log(S0) - S1 / S0: both terms are >= 0 (S1 <= 0), so nothing cancels.
-// A masked logit (-inf) has e_i = 0 and x_i - shift = -inf; its term is taken as 0 (the limit of
-// p log p), not 0 * -inf = NaN, so masked rows keep a finite entropy. The sums are blocked like
-// row_sum_exp (T inside a block, double across blocks); every S1 term has the same sign.
+// A masked logit (-inf) has e_i = 0 and x_i - shift = -inf; its term must be 0 (the limit of p log p),
+// not 0 * -inf = NaN, so that masked rows keep a finite entropy. fast_exp gives exactly 0 below
+// log(FLT_MIN) (log(DBL_MIN) for double), so x_i - shift is raised to that bound in the product: the
+// term is then 0 * bound = 0, with a select the exp already makes (a NaN stays NaN). The sums are
+// blocked like row_sum_exp (T inside a block, double across blocks); every S1 term has the same sign.
+inline float finite_below(float shifted) { return shifted < -87.33654475f ? -87.33654475f : shifted; }
+inline double finite_below(double shifted) {
+    return shifted < -708.3964185322641 ? -708.3964185322641 : shifted;
+}
+
 template <typename T>
 void row_sum_exp_and_moment(const T* x, std::int64_t n, T shift, double& sum, double& moment) {
     constexpr int L = kAccumulators<T>;
     sum = 0.0;
     moment = 0.0;
+    // The exponentials of a block go through a buffer in L1: three single-statement loops vectorise
+    // with every compiler, where one loop with two reductions of the exp is left scalar by some.
+    T exps[kSumBlock];
     for (std::int64_t start = 0; start < n; start += kSumBlock) {
-        const std::int64_t stop = n - start < kSumBlock ? n : start + kSumBlock;
+        const std::int64_t count = n - start < kSumBlock ? n - start : kSumBlock;
+        const T* block = x + start;
+        for (std::int64_t i = 0; i < count; ++i) exps[i] = fast_exp(block[i] - shift);
         T sum_acc[L];
         T moment_acc[L];
-        for (int j = 0; j < L; ++j) sum_acc[j] = moment_acc[j] = T(0);
-        std::int64_t i = start;
-        for (; i + L <= stop; i += L) {
-            for (int j = 0; j < L; ++j) {
-                const T shifted = x[i + j] - shift;
-                const T e = fast_exp(shifted);
-                sum_acc[j] += e;
-                moment_acc[j] += e == T(0) ? T(0) : e * shifted;
-            }
+        for (int j = 0; j < L; ++j) sum_acc[j] = T(0);
+        for (int j = 0; j < L; ++j) moment_acc[j] = T(0);
+        std::int64_t i = 0;
+        for (; i + L <= count; i += L) {
+            for (int j = 0; j < L; ++j) sum_acc[j] += exps[i + j];
         }
-        for (; i < stop; ++i) {
-            const T shifted = x[i] - shift;
-            const T e = fast_exp(shifted);
-            sum_acc[0] += e;
-            moment_acc[0] += e == T(0) ? T(0) : e * shifted;
+        for (; i < count; ++i) sum_acc[0] += exps[i];
+        i = 0;
+        for (; i + L <= count; i += L) {
+            for (int j = 0; j < L; ++j) moment_acc[j] += exps[i + j] * finite_below(block[i + j] - shift);
         }
+        for (; i < count; ++i) moment_acc[0] += exps[i] * finite_below(block[i] - shift);
         sum += static_cast<double>(fold_sum(sum_acc));
         moment += static_cast<double>(fold_sum(moment_acc));
     }
@@ -433,7 +463,7 @@ void tile_max_sum_and_moment(const T* x, std::int64_t stride, std::int64_t class
             const T shifted = row[l] - max[l];
             const T e = fast_exp(shifted);
             sum[l] += static_cast<double>(e);
-            moment[l] += static_cast<double>(e == T(0) ? T(0) : e * shifted);
+            moment[l] += static_cast<double>(e * finite_below(shifted));
         }
     }
 }

@@ -32,7 +32,7 @@ template <typename T>
 void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
                   T* out, std::int64_t out_stride) {
     TileStats<T> tile;
-    tile_stats(x, stride, classes, lanes, tile);
+    tile_stats(x, stride, classes, lanes, op == SoftmaxOp::softmax, tile);
     if (op == SoftmaxOp::logsumexp) {
         for (std::int64_t l = 0; l < lanes; ++l) {
             out[l] = static_cast<T>(logsumexp_from_stats(tile.row(l), x + l, stride, classes));

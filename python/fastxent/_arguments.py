@@ -8,6 +8,7 @@ made here, before any output is written; target values are checked by ``_core``,
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, NamedTuple, Optional, Tuple
 
@@ -19,6 +20,7 @@ SOFTMAX_OPS = {"log_softmax": 0, "softmax": 1, "logsumexp": 2}
 _FLOAT16 = np.dtype(np.float16)
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
+_INT64 = np.dtype(np.int64)
 
 View = Tuple[int, int, int, int, int]
 
@@ -69,6 +71,8 @@ def class_view(array: np.ndarray, axis: int) -> Tuple[np.ndarray, View]:
     inner = 1
     for extent in shape[axis + 1 :]:
         inner *= extent
+    if array.flags.c_contiguous:
+        return array, (outer, classes, inner, classes * inner, inner)
     view = _strided_view(array, axis, classes, outer, inner)
     if view is None:
         array = np.ascontiguousarray(array)
@@ -155,6 +159,8 @@ def targets(target: Any, x: np.ndarray, axis: int, original_shape: Tuple[int, ..
     array = target if type(target) is np.ndarray else np.asarray(target)
     kind = array.dtype.kind
     row_shape = original_shape[:axis] + original_shape[axis + 1 :]
+    if array.dtype == _INT64 and array.shape == row_shape and array.flags.c_contiguous:
+        return Targets(array, None)
     if kind in "iu":
         shape = array.shape
         if len(original_shape) == 1 and shape == (1,):
@@ -218,9 +224,13 @@ def grad_rows(grad_output: Any, code: int, row_shape: Tuple[int, ...], dtype: np
 
 
 def reduce(total: float, denominator: float, code: int, dtype: np.dtype) -> Any:
-    if code == REDUCTIONS["mean"]:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            value = np.float64(total) / np.float64(denominator)
-    else:
-        value = np.float64(total)
-    return dtype.type(value)
+    """The reduced loss as a NumPy scalar of ``dtype``; ``mean`` divides in float64 (IEEE rules for a
+    zero denominator: 0/0 is NaN)."""
+    if code == 1:  # mean
+        if denominator != 0.0:
+            total = total / denominator
+        elif total == 0.0 or total != total:
+            total = math.nan
+        else:
+            total = math.copysign(math.inf, total)
+    return dtype.type(total)
