@@ -157,25 +157,31 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
 
     double target_logit[kTileLanes];
     double weight_t[kTileLanes];
-    bool kept[kTileLanes];
+    double kept[kTileLanes];  // 1 or 0: a double, so that the per-lane loops below vectorise
     if (index_targets) {
+        const std::int64_t* targets = p.target_index + row0;
+        const std::int64_t ignore_index = p.ignore_index;
+        const T* weight = p.weight;
         for (std::int64_t l = 0; l < lanes; ++l) {
-            const std::int64_t t = p.target_index[row0 + l];
-            kept[l] = t != p.ignore_index;
-            target_logit[l] = kept[l] ? static_cast<double>(x[t * stride + l]) : 0.0;
-            weight_t[l] = kept[l] ? ctx.class_weight(t) : 0.0;
+            const std::int64_t t = targets[l];
+            const bool keep = t != ignore_index;
+            kept[l] = keep ? 1.0 : 0.0;
+            target_logit[l] = keep ? static_cast<double>(x[t * stride + l]) : 0.0;
+            weight_t[l] = !keep ? 0.0 : weight == nullptr ? 1.0 : static_cast<double>(weight[t]);
         }
         const bool smoothed_loss = smoothing > 0.0 && ctx.needs_loss;
         if (smoothed_loss) tile_weighted_sum(x, stride, p.weight, classes, lanes, tile.max, dot);
         const double uniform = smoothing / static_cast<double>(classes);
+        const double uniform_a = smoothing * ctx.weight_total / static_cast<double>(classes);
+        const double weight_total = ctx.weight_total;
         for (std::int64_t l = 0; l < lanes; ++l) {
             const double log_sum = tile.log_sum[l];
             const double log_prob_t = (target_logit[l] - static_cast<double>(tile.max[l])) - log_sum;
             double value = (1.0 - smoothing) * (-weight_t[l] * log_prob_t);
-            if (smoothed_loss) value += uniform * -(dot[l] - ctx.weight_total * log_sum);
-            loss[l] = kept[l] ? value : 0.0;
-            scale[l] = kept[l] ? scale[l] : 0.0;
-            a[l] = (1.0 - smoothing) * weight_t[l] + smoothing * ctx.weight_total / static_cast<double>(classes);
+            if (smoothed_loss) value += uniform * -(dot[l] - weight_total * log_sum);
+            loss[l] = kept[l] != 0.0 ? value : 0.0;
+            scale[l] = kept[l] != 0.0 ? scale[l] : 0.0;
+            a[l] = (1.0 - smoothing) * weight_t[l] + uniform_a;
         }
     } else {
         tile_probability_sums(x, stride, y, y_stride, ctx.probability, classes, lanes, tile.max, dot, total);
@@ -223,7 +229,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             target_grad[l] = (p_t * a[l] - b * weight_t[l] - (1.0 - smoothing) * weight_t[l]) * scale[l];
         }
         for (std::int64_t l = 0; l < lanes; ++l) {
-            if (kept[l]) {
+            if (kept[l] != 0.0) {
                 grad[p.target_index[row0 + l] * grad_stride + l] = static_cast<T>(target_grad[l]);
             } else {
                 for (std::int64_t c = 0; c < classes; ++c) grad[c * grad_stride + l] = T(0);
