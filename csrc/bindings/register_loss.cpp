@@ -37,7 +37,7 @@ const std::int64_t* checked_targets(const py::object& target, std::int64_t rows,
 template <typename T>
 py::tuple run_cross_entropy(const py::array& input, const ClassAxisView& view, const py::object& target_index,
                             const py::object& target_prob, const py::object& weight, std::int64_t ignore_index,
-                            double label_smoothing, Reduction reduction, double grad_output,
+                            double label_smoothing, double z_loss, Reduction reduction, double grad_output,
                             const py::object& grad_rows, const py::object& row_loss, const py::object& grad,
                             const py::object& save_stats, const py::object& saved_stats, bool want_sum,
                             void (*kernel)(const CrossEntropyProblem<T>&)) {
@@ -48,6 +48,7 @@ py::tuple run_cross_entropy(const py::array& input, const ClassAxisView& view, c
     problem.weight = dense_data<T>(weight, "weight", view.classes, false);
     problem.ignore_index = ignore_index;
     problem.label_smoothing = label_smoothing;
+    problem.z_loss = z_loss;
     if (!target_index.is_none()) {
         problem.target_index = checked_targets(target_index, rows, view.classes, ignore_index);
     } else {
@@ -108,7 +109,7 @@ void register_loss(py::module_& module) {
         "cross_entropy",
         [](const py::array& input, const ViewTuple& view_tuple, const py::object& target_index,
            const py::object& target_prob, const py::object& weight, std::int64_t ignore_index,
-           double label_smoothing, int reduction, double grad_output, const py::object& grad_rows,
+           double label_smoothing, double z_loss, int reduction, double grad_output, const py::object& grad_rows,
            const py::object& row_loss, const py::object& grad, const py::object& save_stats,
            const py::object& saved_stats, bool want_sum) {
             if (reduction < 0 || reduction > 2) throw py::value_error("unknown reduction code");
@@ -117,18 +118,19 @@ void register_loss(py::module_& module) {
             const Reduction r = static_cast<Reduction>(reduction);
             if (has_dtype<float>(input)) {
                 return run_cross_entropy<float>(input, view, target_index, target_prob, weight, ignore_index,
-                                                label_smoothing, r, grad_output, grad_rows, row_loss, grad,
+                                                label_smoothing, z_loss, r, grad_output, grad_rows, row_loss, grad,
                                                 save_stats, saved_stats, want_sum, table.cross_entropy_float);
             }
             if (has_dtype<double>(input)) {
                 return run_cross_entropy<double>(input, view, target_index, target_prob, weight, ignore_index,
-                                                 label_smoothing, r, grad_output, grad_rows, row_loss, grad,
+                                                 label_smoothing, z_loss, r, grad_output, grad_rows, row_loss, grad,
                                                  save_stats, saved_stats, want_sum, table.cross_entropy_double);
             }
             throw py::type_error("input must be float32 or float64");
         },
         py::arg("input"), py::arg("view"), py::arg("target_index"), py::arg("target_prob"), py::arg("weight"),
-        py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("reduction"), py::arg("grad_output"),
+        py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("z_loss"), py::arg("reduction"),
+        py::arg("grad_output"),
         py::arg("grad_rows"), py::arg("row_loss"), py::arg("grad"), py::arg("save_stats"),
         py::arg("saved_stats"), py::arg("want_sum"));
 

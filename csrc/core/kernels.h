@@ -51,6 +51,9 @@ struct CrossEntropyProblem {
     const T* weight = nullptr;  // (classes,) or null for all ones
     std::int64_t ignore_index = -100;
     double label_smoothing = 0.0;
+    // The auxiliary loss z_loss * logsumexp^2 of every kept row: the kernels add its gradient,
+    // 2 * z_loss * logsumexp * p_j; its value is formed by the caller from the saved statistics.
+    double z_loss = 0.0;
 
     // Outputs, each optional.
     T* row_loss = nullptr;            // (outer, inner): the unreduced loss

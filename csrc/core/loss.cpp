@@ -63,16 +63,21 @@ struct LossContext {
         }
         return loss;
     }
-    // Index targets, gradient: p_j * a - b * w_j, minus (1 - e) w_t at j = t.
-    double grad_a(double weight_t) const {
-        return (1.0 - smoothing) * weight_t + smoothing * weight_total / static_cast<double>(classes);
+    // Index targets, gradient: p_j * a - b * w_j, minus (1 - e) w_t at j = t; the z-loss adds
+    // 2 z lse to a.
+    double grad_a(double weight_t, const RowStats& stats) const {
+        return (1.0 - smoothing) * weight_t + smoothing * weight_total / static_cast<double>(classes) +
+               z_loss_a(stats);
+    }
+    double z_loss_a(const RowStats& stats) const {
+        return problem.z_loss == 0.0 ? 0.0 : 2.0 * problem.z_loss * (stats.max + stats.log_sum);
     }
     double grad_b() const { return smoothing / static_cast<double>(classes); }
     // The target's own gradient, in double: it cancels (p_t close to 1), so it is not left to the vector loop.
     double target_grad(const RowStats& stats, double target_logit, std::int64_t t, double scale) const {
         const double weight_t = class_weight(t);
         const double p_t = exp_double((target_logit - stats.max) - stats.log_sum);
-        return (p_t * grad_a(weight_t) - grad_b() * weight_t - (1.0 - smoothing) * weight_t) * scale;
+        return (p_t * grad_a(weight_t, stats) - grad_b() * weight_t - (1.0 - smoothing) * weight_t) * scale;
     }
 };
 
@@ -104,7 +109,7 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row) {
             loss = ctx.index_loss(stats, target_logit, weight_t, weighted_sum);
         }
         if (grad != nullptr) {
-            write_index_grad(x, p.weight, grad, classes, stats, static_cast<T>(ctx.grad_a(weight_t)),
+            write_index_grad(x, p.weight, grad, classes, stats, static_cast<T>(ctx.grad_a(weight_t, stats)),
                              static_cast<T>(ctx.grad_b()), static_cast<T>(scale));
             grad[t] = static_cast<T>(ctx.target_grad(stats, target_logit, t, scale));
         }
@@ -115,8 +120,8 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row) {
         row_probability_sums(x, y, ctx.probability, classes, max, dot, total);
         loss = -(dot - total * stats.log_sum);
         if (grad != nullptr) {
-            write_probability_grad(x, y, ctx.probability, grad, classes, stats, static_cast<T>(total),
-                                   static_cast<T>(scale));
+            write_probability_grad(x, y, ctx.probability, grad, classes, stats,
+                                   static_cast<T>(total + ctx.z_loss_a(stats)), static_cast<T>(scale));
         }
     }
     if (p.row_loss != nullptr) p.row_loss[row] = static_cast<T>(loss);
@@ -188,6 +193,12 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
         for (std::int64_t l = 0; l < lanes; ++l) {
             loss[l] = -(dot[l] - total[l] * tile.log_sum[l]);
             a[l] = total[l];
+        }
+    }
+    if (p.z_loss != 0.0) {
+        const double twice_z = 2.0 * p.z_loss;
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            a[l] += twice_z * (static_cast<double>(tile.max[l]) + tile.log_sum[l]);
         }
     }
     const double loss_sum = ordered_sum(loss, lanes);

@@ -130,6 +130,16 @@ def smoothing(label_smoothing: Any) -> float:
     return value
 
 
+def z_loss(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {value!r}") from None
+    if not 0.0 <= number < math.inf:  # also rejects NaN
+        raise ValueError(f"z_loss must be a finite number >= 0, got {number}")
+    return number
+
+
 def ignore(ignore_index: Any) -> int:
     if isinstance(ignore_index, (bool, np.bool_)):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")

@@ -27,6 +27,7 @@ def cross_entropy(
     weight: Optional[np.ndarray],
     ignore_index: int,
     label_smoothing: float,
+    z_loss: float,
     reduction: int,
     grad_output: float,
     grad_rows: Optional[np.ndarray],

@@ -68,6 +68,7 @@ class _Problem(NamedTuple):
     ignore_index: int
     label_smoothing: float
     reduction: int
+    z_loss: float
 
     @property
     def rows(self) -> int:
@@ -92,6 +93,7 @@ class _Problem(NamedTuple):
             self.weight,
             self.ignore_index,
             self.label_smoothing,
+            self.z_loss,
             self.reduction,
             grad_output,
             grad_rows,
@@ -111,6 +113,7 @@ def _prepare(
     ignore_index: Any,
     reduction: Any,
     label_smoothing: Any,
+    z_loss: Any = 0.0,
 ) -> _Problem:
     array, dtype = args.logits(input)
     axis = args.class_axis(array.ndim, axis, pytorch_default=True)
@@ -122,17 +125,47 @@ def _prepare(
     class_weight = args.class_weight(weight, shape[axis], array.dtype)
     array, view = args.class_view(array, axis)
     row_shape = shape[:axis] + shape[axis + 1 :]
-    return _Problem(array, view, shape, row_shape, dtype, targets, class_weight, ignore, smoothing, code)
+    z = args.z_loss(z_loss) if z_loss != 0.0 else 0.0
+    return _Problem(array, view, shape, row_shape, dtype, targets, class_weight, ignore, smoothing, code, z)
 
 
-def _loss(problem: _Problem, **run_options: Any) -> Loss:
-    """Runs the forward pass (plus whatever ``run_options`` ask) and returns the loss."""
+def _z_rows(problem: _Problem, stats: np.ndarray) -> np.ndarray:
+    """z_loss * logsumexp^2 of every kept row, in float64, shaped like the unreduced loss."""
+    lse = stats[:, 0] + stats[:, 1]
+    z_rows = problem.z_loss * (lse * lse)
+    if problem.targets.index is not None:
+        z_rows = np.where(problem.targets.index.reshape(-1) != problem.ignore_index, z_rows, 0.0)
+    return z_rows.reshape(problem.row_shape)
+
+
+def _loss(problem: _Problem, return_z_loss: bool = False, **run_options: Any) -> Any:
+    """Runs the forward pass (plus whatever ``run_options`` ask) and returns the loss, or
+    ``(loss, z_part)`` when ``return_z_loss``. The z-loss is formed from the per-row statistics."""
+    stats = run_options.get("save_stats")
+    if problem.z_loss != 0.0 and stats is None:
+        stats = run_options["save_stats"] = np.zeros((problem.rows, 2), np.float64)
     if problem.reduction == args.REDUCTIONS["none"]:
         row_loss = np.empty(problem.row_shape, problem.array.dtype)
         problem.run(row_loss=row_loss, **run_options)
-        return row_loss.astype(problem.dtype, copy=False)
-    total, denominator = problem.run(want_sum=True, **run_options)
-    return args.reduce(total, denominator, problem.reduction, problem.dtype)
+        if problem.z_loss == 0.0:
+            z_part = np.zeros(problem.row_shape, problem.dtype) if return_z_loss else None
+            loss = row_loss.astype(problem.dtype, copy=False)
+        else:
+            z_rows = _z_rows(problem, stats)
+            loss = (row_loss + z_rows).astype(problem.dtype)
+            z_part = z_rows.astype(problem.dtype)
+    else:
+        total, denominator = problem.run(want_sum=True, **run_options)
+        z_total = float(np.sum(_z_rows(problem, stats))) if problem.z_loss != 0.0 else 0.0
+        loss = args.reduce(total + z_total, denominator, problem.reduction, problem.dtype)
+        z_part = args.reduce(z_total, denominator, problem.reduction, problem.dtype) if return_z_loss else None
+    return (loss, z_part) if return_z_loss else loss
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"return_z_loss must be a bool, got {value!r}")
+    return bool(value)
 
 
 def _grad_buffers(
@@ -163,7 +196,9 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-) -> Loss:
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
+) -> Any:
     """Softmax cross-entropy, as ``torch.nn.functional.cross_entropy``.
 
     ``input`` holds logits (float16, float32 or float64, any layout); ``axis`` is the class axis
@@ -174,12 +209,17 @@ def cross_entropy(
     number of rows for probability targets), ``"sum"`` or ``"none"``. ``label_smoothing`` in [0, 1]
     mixes the target with the uniform distribution.
 
+    ``z_loss`` > 0 adds the auxiliary loss ``z_loss * logsumexp(row)**2`` of every kept row (PaLM's
+    z-loss), reduced like the main loss (``mean`` divides by the same denominator); with
+    ``return_z_loss=True`` the result is ``(loss, z_part)``, the z-loss part on its own (it is
+    included in ``loss``).
+
     Returns a NumPy scalar of the input's dtype for ``"mean"``/``"sum"`` (accumulated in float64),
     else an array of the per-row losses. Raises ``IndexError`` for a target outside [0, C),
     ``ValueError`` for mismatched shapes or bad options, ``TypeError`` for non-float logits.
     """
-    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing)
-    return _loss(problem)
+    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss)
+    return _loss(problem, _flag(return_z_loss))
 
 
 def cross_entropy_grad(
@@ -191,6 +231,7 @@ def cross_entropy_grad(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
     grad_output: ArrayLike = 1.0,
     out: Optional[np.ndarray] = None,
 ) -> np.ndarray:
@@ -200,7 +241,7 @@ def cross_entropy_grad(
     array of the per-row loss shape. ``out``, if given, is a C-contiguous writeable array of the
     input's shape and dtype, filled and returned. Nothing is written when an argument is invalid.
     """
-    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing)
+    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss)
     scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight), input)
     problem.run(grad=grad, grad_output=scalar, grad_rows=rows)
     return _finish_grad(grad, problem, out)
@@ -215,14 +256,17 @@ def cross_entropy_with_grad(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
     grad_output: ArrayLike = 1.0,
     out: Optional[np.ndarray] = None,
-) -> Tuple[Loss, np.ndarray]:
+) -> Tuple[Any, np.ndarray]:
     """``(cross_entropy(...), cross_entropy_grad(...))`` from one pass over the logits: each row is
-    read once, and its gradient written straight into the result (or ``out``)."""
-    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing)
+    read once, and its gradient written straight into the result (or ``out``). With
+    ``return_z_loss=True`` the first element is ``(loss, z_part)``."""
+    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss)
     scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight), input)
-    loss = _loss(problem, grad=grad, grad_output=scalar, grad_rows=rows)
+    loss = _loss(problem, _flag(return_z_loss), grad=grad, grad_output=scalar, grad_rows=rows)
     return loss, _finish_grad(grad, problem, out)
 
 

@@ -7,14 +7,14 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _arguments as args
-from ._functional import ArrayLike, Loss, _finish_grad, _grad_buffers, _loss, _prepare, _Problem
+from ._functional import ArrayLike, _finish_grad, _flag, _grad_buffers, _loss, _prepare, _Problem
 
 
 class CrossEntropyLoss:
     """Softmax cross-entropy as a callable, like ``torch.nn.CrossEntropyLoss``, with a backward.
 
     ``loss = crit(input, target)`` (or ``crit.forward``) computes ``cross_entropy`` with the options
-    given here; ``crit.backward(grad_output=1.0)`` returns d loss / d input of the last call. Between
+    given here (``z_loss`` and ``return_z_loss`` as there); ``crit.backward(grad_output=1.0)`` returns d loss / d input of the last call. Between
     the two it keeps a reference to the logits (not a copy: write the next batch into the same
     buffer only after ``backward``, as with any autograd framework), a copy of the class indices and
     the per-row max and log-sum-exp (16 bytes a row), so that ``backward`` reads the logits once and
@@ -29,10 +29,15 @@ class CrossEntropyLoss:
         ignore_index: int = -100,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        return_z_loss: bool = False,
     ) -> None:
         args.reduction_code(reduction)
         args.smoothing(label_smoothing)
         args.ignore(ignore_index)
+        args.z_loss(z_loss)
+        self.z_loss = z_loss
+        self.return_z_loss = _flag(return_z_loss)
         self.weight = None if weight is None else np.asarray(weight)
         self.axis = axis
         self.ignore_index = ignore_index
@@ -41,17 +46,19 @@ class CrossEntropyLoss:
         self._problem: Optional[_Problem] = None
         self._stats: Optional[np.ndarray] = None
 
-    def forward(self, input: ArrayLike, target: ArrayLike) -> Loss:
-        """The loss of ``input`` against ``target``; remembers what ``backward`` needs."""
+    def forward(self, input: ArrayLike, target: ArrayLike) -> Any:
+        """The loss of ``input`` against ``target`` (``(loss, z_part)`` with ``return_z_loss``);
+        remembers what ``backward`` needs."""
         problem = _prepare(
-            input, target, self.weight, self.axis, self.ignore_index, self.reduction, self.label_smoothing
+            input, target, self.weight, self.axis, self.ignore_index, self.reduction, self.label_smoothing,
+            self.z_loss,
         )
         if problem.targets.index is not None:
             # Class indices are O(rows): keep a private copy, so that reusing the target buffer for
             # the next batch before backward() cannot change this call's gradient.
             problem = problem._replace(targets=problem.targets._replace(index=problem.targets.index.copy()))
-        stats = np.empty((problem.rows, 2), np.float64)
-        loss = _loss(problem, save_stats=stats)
+        stats = np.zeros((problem.rows, 2), np.float64)
+        loss = _loss(problem, self.return_z_loss, save_stats=stats)
         self._problem, self._stats = problem, stats
         return loss
 
@@ -71,5 +78,6 @@ class CrossEntropyLoss:
         weight = None if self.weight is None else f"array(shape={self.weight.shape})"
         return (
             f"CrossEntropyLoss(weight={weight}, axis={self.axis}, ignore_index={self.ignore_index}, "
-            f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing})"
+            f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
+            f"return_z_loss={self.return_z_loss})"
         )
