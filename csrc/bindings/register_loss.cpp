@@ -65,6 +65,8 @@ py::tuple run_cross_entropy(const py::array& input, const ClassAxisView& view, c
     const WorkPlan plan = plan_work(view);
     std::vector<double> partials(want_sum ? static_cast<std::size_t>(plan.items) : 0);
     if (want_sum) problem.partial_sums = partials.data();
+    std::vector<double> workspace(static_cast<std::size_t>(split_workspace_size(view)));
+    problem.workspace = workspace.data();
 
     double total = 0.0;
     double denominator = 0.0;

@@ -1,4 +1,6 @@
 // log_softmax, softmax, logsumexp.
+#include <vector>
+
 #include "arrays.h"
 #include "core/dispatch.h"
 
@@ -15,6 +17,8 @@ void run_softmax(const py::array& input, const ClassAxisView& view, SoftmaxOp op
     problem.op = op;
     const std::int64_t out_size = op == SoftmaxOp::logsumexp ? view.rows() : view.size();
     problem.output = dense_data<T>(out, "out", out_size, true);
+    std::vector<double> workspace(static_cast<std::size_t>(split_workspace_size(view)));
+    problem.workspace = workspace.data();
     py::gil_scoped_release release;
     kernel(problem);
 }

@@ -30,6 +30,7 @@ struct SoftmaxProblem {
     SoftmaxOp op = SoftmaxOp::log_softmax;
     // log_softmax, softmax: C-contiguous (outer, classes, inner); logsumexp: C-contiguous (outer, inner).
     T* output = nullptr;
+    double* workspace = nullptr;  // split_workspace_size(view) doubles
 };
 
 // Per-row statistics saved by a forward pass so that a backward pass needs one read of the logits:
@@ -64,8 +65,9 @@ struct CrossEntropyProblem {
     const RowStats* saved_stats = nullptr;  // (rows): reuse these instead of recomputing (gradient only)
 
     // Filled by the kernel: the sum of the row losses in a fixed order, one partial per work item
-    // (see work_items), so the total does not depend on the thread count.
+    // (see plan_work), so the total does not depend on the thread count.
     double* partial_sums = nullptr;
+    double* workspace = nullptr;  // split_workspace_size(view) doubles
 };
 
 // The scoring problems (score.h); declared here for the table.
@@ -101,6 +103,18 @@ struct WorkPlan {
 };
 
 WorkPlan plan_work(const ClassAxisView& view);
+
+// Few rows of very many classes (4 x 256000): the rows strategy would leave threads idle, so each
+// row is cut into chunks of kSplitChunk classes, and every phase (max, sums, outputs) runs over all
+// chunks of all rows in parallel; the chunks' partial results are combined per row in chunk order.
+// Chosen from the view alone (never from the thread count), so results stay thread-independent.
+constexpr std::int64_t kSplitClasses = 1 << 16;
+constexpr std::int64_t kSplitMaxRows = 16;
+constexpr std::int64_t kSplitChunk = 1 << 14;  // a multiple of the block of sums in row_engine.h
+// Chunks per row when the view's rows are split (0 when they are not), and the doubles of
+// workspace the kernels then need (CrossEntropyProblem::workspace, SoftmaxProblem::workspace).
+std::int64_t split_chunks(const ClassAxisView& view);
+inline std::int64_t split_workspace_size(const ClassAxisView& view) { return 4 * view.rows() * split_chunks(view); }
 
 // Below this many classes, a contiguous class axis is transposed in tiles and vectorised across rows.
 constexpr std::int64_t kSmallClasses = 32;

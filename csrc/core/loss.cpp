@@ -250,6 +250,120 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     return loss_sum;
 }
 
+// Rows cut into chunks (kernels.h, kSplitClasses): each phase runs over every chunk of every row in
+// parallel, and the chunks' maxima and sums are combined per row in chunk order. Saved statistics
+// are not used here: recomputing them gives the same values, and the probability-target gradient
+// needs the chunk sums anyway.
+template <typename T>
+void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int threads) {
+    const CrossEntropyProblem<T>& p = ctx.problem;
+    const std::int64_t rows = p.view.rows();
+    const std::int64_t classes = ctx.classes;
+    const std::int64_t items = rows * chunks;
+    double* chunk_max = p.workspace;
+    double* chunk_sum = chunk_max + items;
+    double* chunk_dot = chunk_sum + items;
+    double* chunk_total = chunk_dot + items;
+    RowStats stats[kSplitMaxRows];
+    double total[kSplitMaxRows];
+    double target_logit[kSplitMaxRows];  // read before the gradient may overwrite the logits (out=input)
+    const bool index_targets = p.target_index != nullptr;
+    const bool smoothed_loss = index_targets && ctx.smoothing > 0.0 && ctx.needs_loss;
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#pragma omp for schedule(static)
+        for (std::int64_t item = 0; item < items; ++item) {
+            const std::int64_t row = item / chunks;
+            const std::int64_t first = (item % chunks) * kSplitChunk;
+            const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
+            chunk_max[item] = ctx.ignored(row) ? 0.0 : static_cast<double>(row_max(p.input + row * p.view.outer_stride + first, count));
+        }
+#pragma omp for schedule(static)
+        for (std::int64_t item = 0; item < items; ++item) {
+            const std::int64_t row = item / chunks;
+            if (ctx.ignored(row)) continue;
+            const std::int64_t first = (item % chunks) * kSplitChunk;
+            const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
+            double max = chunk_max[row * chunks];
+            for (std::int64_t c = 1; c < chunks; ++c) max = chunk_max[row * chunks + c] > max ? chunk_max[row * chunks + c] : max;
+            const T* x = p.input + row * p.view.outer_stride + first;
+            const T shift = static_cast<T>(max);
+            chunk_sum[item] = row_sum_exp(x, count, shift);
+            if (smoothed_loss) chunk_dot[item] = row_weighted_sum(x, p.weight == nullptr ? nullptr : p.weight + first, count, shift);
+            if (!index_targets) {
+                ProbabilityWeights<T> u = ctx.probability;
+                if (u.weight != nullptr) u.weight += first;
+                row_probability_sums(x, p.target_prob + row * classes + first, u, count, shift, chunk_dot[item],
+                                     chunk_total[item]);
+            }
+        }
+#pragma omp single
+        for (std::int64_t row = 0; row < rows; ++row) {
+            const double* row_max_of = chunk_max + row * chunks;
+            double max = row_max_of[0];
+            double sum = 0.0;
+            double dot = 0.0;
+            total[row] = 0.0;
+            for (std::int64_t c = 0; c < chunks; ++c) {
+                max = row_max_of[c] > max ? row_max_of[c] : max;
+                sum += chunk_sum[row * chunks + c];
+                if (smoothed_loss || !index_targets) dot += chunk_dot[row * chunks + c];
+                if (!index_targets) total[row] += chunk_total[row * chunks + c];
+            }
+            double loss = 0.0;
+            if (!ctx.ignored(row)) {
+                stats[row] = RowStats{max, std::log(sum)};
+                if (p.save_stats != nullptr) p.save_stats[row] = stats[row];
+                if (index_targets) {
+                    const std::int64_t t = p.target_index[row];
+                    target_logit[row] = static_cast<double>(p.input[row * p.view.outer_stride + t]);
+                    loss = ctx.index_loss(stats[row], target_logit[row], ctx.class_weight(t), dot);
+                } else {
+                    loss = -(dot - total[row] * stats[row].log_sum);
+                }
+            }
+            if (p.row_loss != nullptr) p.row_loss[row] = static_cast<T>(loss);
+            if (p.partial_sums != nullptr) p.partial_sums[row] = loss;
+        }
+        if (p.grad != nullptr) {
+#pragma omp for schedule(static)
+            for (std::int64_t item = 0; item < items; ++item) {
+                const std::int64_t row = item / chunks;
+                const std::int64_t first = (item % chunks) * kSplitChunk;
+                const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
+                T* grad = p.grad + row * classes + first;
+                if (ctx.ignored(row)) {
+                    for (std::int64_t c = 0; c < count; ++c) grad[c] = T(0);
+                    continue;
+                }
+                const T* x = p.input + row * p.view.outer_stride + first;
+                const T* weight = p.weight == nullptr ? nullptr : p.weight + first;
+                const double scale = ctx.row_scale(row);
+                if (index_targets) {
+                    const double weight_t = ctx.class_weight(p.target_index[row]);
+                    write_index_grad(x, weight, grad, count, stats[row], static_cast<T>(ctx.grad_a(weight_t, stats[row])),
+                                     static_cast<T>(ctx.grad_b()), static_cast<T>(scale));
+                } else {
+                    ProbabilityWeights<T> u = ctx.probability;
+                    u.weight = weight;
+                    write_probability_grad(x, p.target_prob + row * classes + first, u, grad, count, stats[row],
+                                           static_cast<T>(total[row] + ctx.z_loss_a(stats[row])), static_cast<T>(scale));
+                }
+            }
+            if (index_targets) {
+#pragma omp single
+                for (std::int64_t row = 0; row < rows; ++row) {
+                    if (ctx.ignored(row)) continue;
+                    const std::int64_t t = p.target_index[row];
+                    p.grad[row * classes + t] =
+                        static_cast<T>(ctx.target_grad(stats[row], target_logit[row], t, ctx.row_scale(row)));
+                }
+            }
+        }
+    }
+}
+
 template <typename T>
 void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
     const ClassAxisView& view = problem.view;
@@ -257,6 +371,11 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
     const std::int64_t rows = view.rows();
     const std::int64_t classes = view.classes;
     const LossContext<T> ctx(problem);
+    const std::int64_t chunks = problem.workspace == nullptr ? 0 : split_chunks(view);
+    if (chunks > 0) {
+        cross_entropy_split(ctx, chunks, threads_for(rows * chunks, view.size()));
+        return;
+    }
     const int threads = threads_for(plan.items, view.size());
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)

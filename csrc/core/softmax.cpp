@@ -56,6 +56,68 @@ void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t cl
     }
 }
 
+// Rows cut into chunks (kernels.h, kSplitClasses): max, sums and outputs each run over every chunk of
+// every row in parallel; the chunks' maxima and sums are combined per row in chunk order.
+template <typename T>
+void softmax_split(const SoftmaxProblem<T>& problem, std::int64_t chunks, int threads) {
+    const ClassAxisView& view = problem.view;
+    const std::int64_t rows = view.rows();
+    const std::int64_t classes = view.classes;
+    const std::int64_t items = rows * chunks;
+    double* chunk_max = problem.workspace;
+    double* chunk_sum = chunk_max + items;
+    RowStats stats[kSplitMaxRows];
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#pragma omp for schedule(static)
+        for (std::int64_t item = 0; item < items; ++item) {
+            const std::int64_t row = item / chunks;
+            const std::int64_t first = (item % chunks) * kSplitChunk;
+            const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
+            chunk_max[item] = static_cast<double>(row_max(problem.input + row * view.outer_stride + first, count));
+        }
+#pragma omp for schedule(static)
+        for (std::int64_t item = 0; item < items; ++item) {
+            const std::int64_t row = item / chunks;
+            const std::int64_t first = (item % chunks) * kSplitChunk;
+            const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
+            double max = chunk_max[row * chunks];
+            for (std::int64_t c = 1; c < chunks; ++c) max = chunk_max[row * chunks + c] > max ? chunk_max[row * chunks + c] : max;
+            chunk_sum[item] = row_sum_exp(problem.input + row * view.outer_stride + first, count, static_cast<T>(max));
+        }
+#pragma omp single
+        for (std::int64_t row = 0; row < rows; ++row) {
+            double max = chunk_max[row * chunks];
+            double sum = 0.0;
+            for (std::int64_t c = 0; c < chunks; ++c) {
+                max = chunk_max[row * chunks + c] > max ? chunk_max[row * chunks + c] : max;
+                sum += chunk_sum[row * chunks + c];
+            }
+            stats[row] = RowStats{max, std::log(sum)};
+            if (problem.op == SoftmaxOp::logsumexp) {
+                problem.output[row] = static_cast<T>(
+                    logsumexp_from_stats(stats[row], problem.input + row * view.outer_stride, 1, classes));
+            }
+        }
+        if (problem.op != SoftmaxOp::logsumexp) {
+#pragma omp for schedule(static)
+            for (std::int64_t item = 0; item < items; ++item) {
+                const std::int64_t row = item / chunks;
+                const std::int64_t first = (item % chunks) * kSplitChunk;
+                const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
+                const T* x = problem.input + row * view.outer_stride + first;
+                T* out = problem.output + row * classes + first;
+                if (problem.op == SoftmaxOp::log_softmax) {
+                    write_log_softmax(x, out, count, stats[row]);
+                } else {
+                    write_softmax(x, out, count, stats[row]);
+                }
+            }
+        }
+    }
+}
+
 template <typename T>
 void softmax_kernel(const SoftmaxProblem<T>& problem) {
     const ClassAxisView& view = problem.view;
@@ -63,6 +125,11 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
     const std::int64_t rows = view.rows();
     const std::int64_t classes = view.classes;
     const bool reduces = problem.op == SoftmaxOp::logsumexp;
+    const std::int64_t chunks = problem.workspace == nullptr ? 0 : split_chunks(view);
+    if (chunks > 0) {
+        softmax_split(problem, chunks, threads_for(rows * chunks, view.size()));
+        return;
+    }
     const int threads = threads_for(plan.items, view.size());
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)

@@ -22,4 +22,9 @@ WorkPlan plan_work(const ClassAxisView& view) {
     return WorkPlan{Strategy::rows, rows_per_item, ceil_div(view.rows(), rows_per_item)};
 }
 
+std::int64_t split_chunks(const ClassAxisView& view) {
+    if (view.inner != 1 || view.classes < kSplitClasses || view.rows() > kSplitMaxRows) return 0;
+    return ceil_div(view.classes, kSplitChunk);
+}
+
 }  // namespace fastxent

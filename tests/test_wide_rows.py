@@ -1,0 +1,97 @@
+"""Few rows of very many classes, where each row is cut into chunks worked on in parallel: every
+function and option against the float64 reference, in place, and independent of the thread count."""
+
+import numpy as np
+import pytest
+
+import fastxent as fx
+import reference as ref
+
+SHAPES = [(3, 70_001), (1, 131_072)]
+
+
+def logits(rng, shape, dtype):
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    x[0, 5:1000] = -np.inf  # a masked span inside the first chunk
+    return x
+
+
+def tolerance(dtype):
+    return dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("function", ["log_softmax", "softmax", "logsumexp"])
+def test_softmax_family(rng, function, shape, dtype):
+    x = logits(rng, shape, dtype)
+    got = getattr(fx, function)(x, axis=1)
+    expected = getattr(ref, function)(x.astype(np.float64), axis=1)
+    np.testing.assert_allclose(got, expected, **tolerance(dtype))
+
+
+OPTIONS = [
+    dict(),
+    dict(label_smoothing=0.1, weight=True),
+    dict(reduction="none", ignore_index=0),
+    dict(reduction="sum", z_loss=1e-3),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "default")
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cross_entropy_and_gradient(rng, shape, options, dtype):
+    x = logits(rng, shape, dtype)
+    classes = shape[1]
+    target = rng.integers(1000, classes, size=shape[0])
+    kwargs = dict(options)
+    if kwargs.pop("weight", False):
+        kwargs["weight"] = rng.uniform(0.5, 2.0, classes).astype(dtype)
+    if "ignore_index" in kwargs:
+        target[0] = 0
+    z_loss = kwargs.pop("z_loss", 0.0)
+    upcast = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+    expected = ref.cross_entropy(x.astype(np.float64), target, **upcast)
+    expected_grad = ref.cross_entropy_grad(x.astype(np.float64), target, **upcast)
+    if z_loss:
+        lse = ref.logsumexp(x.astype(np.float64), axis=1)
+        expected = expected + z_loss * np.sum(lse**2)
+        expected_grad = expected_grad + 2 * z_loss * lse[:, None] * ref.softmax(x.astype(np.float64), axis=1)
+    loss, grad = fx.cross_entropy_with_grad(x, target, z_loss=z_loss, **kwargs)
+    np.testing.assert_allclose(loss, expected, **tolerance(dtype))
+    np.testing.assert_allclose(grad, expected_grad, **tolerance(dtype))
+    crit = fx.CrossEntropyLoss(z_loss=z_loss, **kwargs)
+    np.testing.assert_allclose(crit(x, target), loss, rtol=1e-15)
+    np.testing.assert_array_equal(crit.backward(), grad)
+    # In place: the gradient written over the logits.
+    in_place = x.copy()
+    _, again = fx.cross_entropy_with_grad(in_place, target, z_loss=z_loss, out=in_place, **kwargs)
+    assert again is in_place
+    np.testing.assert_array_equal(in_place, grad)
+
+
+def test_probability_targets(rng):
+    x = logits(rng, (2, 80_000), np.float64)
+    y = rng.random(x.shape)
+    y /= y.sum(axis=1, keepdims=True)
+    y[0, 5:1000] = 0.0  # no mass on the masked logits
+    loss, grad = fx.cross_entropy_with_grad(x, y, label_smoothing=0.0)
+    np.testing.assert_allclose(loss, ref.cross_entropy(x, y), rtol=1e-12)
+    np.testing.assert_allclose(grad, ref.cross_entropy_grad(x, y), rtol=1e-12, atol=1e-16)
+
+
+@pytest.mark.usefixtures("restore_num_threads")
+def test_results_do_not_depend_on_threads(rng):
+    x = logits(rng, (4, 100_000), np.float32)
+    target = rng.integers(1000, 100_000, size=4)
+    results = []
+    for threads in (1, 2, 3):
+        fx.set_num_threads(threads)
+        results.append((fx.cross_entropy_with_grad(x, target), fx.log_softmax(x), fx.logsumexp(x)))
+    for (loss, grad), lsm, lse in results[1:]:
+        (loss0, grad0), lsm0, lse0 = results[0]
+        assert loss == loss0
+        np.testing.assert_array_equal(grad, grad0)
+        np.testing.assert_array_equal(lsm, lsm0)
+        np.testing.assert_array_equal(lse, lse0)
