@@ -106,7 +106,38 @@ py::tuple run_nll(const py::array& input, const ClassAxisView& view, const py::o
 
 }  // namespace
 
+// The default call, cross_entropy(x, t) with x a C-contiguous (N, C) float array and t a C-contiguous
+// int64 (N,) array, without the Python layer's normalisation: returns the mean as a float, or None
+// when the arguments are anything else (the Python layer then takes over, and raises any error).
+py::object cross_entropy_mean_fast(const py::handle& input, const py::handle& target, std::int64_t ignore_index) {
+    if (!py::isinstance<py::array>(input) || !py::isinstance<py::array>(target)) return py::none();
+    const py::array x = py::reinterpret_borrow<py::array>(input);
+    const py::array t = py::reinterpret_borrow<py::array>(target);
+    if (x.ndim() != 2 || t.ndim() != 1 || t.shape(0) != x.shape(0)) return py::none();
+    if (!(x.flags() & py::array::c_style) || !(t.flags() & py::array::c_style) || !has_dtype<std::int64_t>(t)) {
+        return py::none();
+    }
+    const std::int64_t classes = x.shape(1);
+    const ClassAxisView view{x.shape(0), classes, 1, classes, 1};
+    const py::object none = py::none();
+    py::tuple result;
+    const KernelTable& table = kernels();
+    if (has_dtype<float>(x)) {
+        result = run_cross_entropy<float>(x, view, t, none, none, ignore_index, 0.0, 0.0, Reduction::mean, 1.0, none,
+                                          none, none, none, none, true, table.cross_entropy_float);
+    } else if (has_dtype<double>(x)) {
+        result = run_cross_entropy<double>(x, view, t, none, none, ignore_index, 0.0, 0.0, Reduction::mean, 1.0, none,
+                                           none, none, none, none, true, table.cross_entropy_double);
+    } else {
+        return py::none();
+    }
+    // IEEE division: an empty or fully ignored batch gives 0 / 0 = NaN, as PyTorch.
+    return py::float_(result[0].cast<double>() / result[1].cast<double>());
+}
+
 void register_loss(py::module_& module) {
+    module.def("cross_entropy_mean_fast", &cross_entropy_mean_fast, py::arg("input"), py::arg("target"),
+               py::arg("ignore_index"));
     module.def(
         "cross_entropy",
         [](const py::array& input, const ViewTuple& view_tuple, const py::object& target_index,

@@ -18,6 +18,10 @@ def cpu_info() -> Dict[str, Any]: ...
 # register_softmax.cpp. op: 0 log_softmax, 1 softmax, 2 logsumexp.
 def softmax(input: np.ndarray, view: View, op: int, out: np.ndarray) -> None: ...
 
+# register_loss.cpp. The default call's fast path: the mean, or None when the arguments need the
+# Python layer (anything but a C-contiguous (N, C) float32/float64 array and C-contiguous int64 (N,) targets).
+def cross_entropy_mean_fast(input: Any, target: Any, ignore_index: int) -> Optional[float]: ...
+
 # register_loss.cpp. reduction: 0 none, 1 mean, 2 sum. Returns (sum of the row losses, denominator of "mean").
 def cross_entropy(
     input: np.ndarray,

@@ -10,6 +10,7 @@ from . import _arguments as args
 from . import _core
 
 ArrayLike = Any
+_PLAIN_NUMBERS = (float, int)
 Loss = Union[np.floating, np.ndarray]
 
 
@@ -218,6 +219,21 @@ def cross_entropy(
     else an array of the per-row losses. Raises ``IndexError`` for a target outside [0, C),
     ``ValueError`` for mismatched shapes or bad options, ``TypeError`` for non-float logits.
     """
+    if (
+        weight is None
+        and axis is None
+        and type(reduction) is str
+        and reduction == "mean"
+        and type(label_smoothing) in _PLAIN_NUMBERS
+        and label_smoothing == 0
+        and type(z_loss) in _PLAIN_NUMBERS
+        and z_loss == 0
+        and return_z_loss is False
+        and type(ignore_index) is int
+    ):
+        mean = _core.cross_entropy_mean_fast(input, target, ignore_index)
+        if mean is not None:
+            return input.dtype.type(mean)
     problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss)
     return _loss(problem, _flag(return_z_loss))
 
