@@ -1,4 +1,5 @@
 // log_softmax, softmax, logsumexp.
+#include <limits>
 #include <vector>
 
 #include "arrays.h"
@@ -23,9 +24,54 @@ void run_softmax(const py::array& input, const ClassAxisView& view, SoftmaxOp op
     kernel(problem);
 }
 
+// The default call, f(x) with x a C-contiguous float32/float64 array of at least one dimension and the
+// class axis last: the result, or None when x is anything else (the Python layer then takes over).
+template <typename T>
+py::array softmax_fast_typed(const py::array& x, SoftmaxOp op, void (*kernel)(const SoftmaxProblem<T>&)) {
+    const py::ssize_t ndim = x.ndim();
+    const std::int64_t classes = x.shape(ndim - 1);
+    const std::int64_t rows = classes == 0 ? x.size() : x.size() / classes;
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + (op == SoftmaxOp::logsumexp ? ndim - 1 : ndim));
+    if (classes == 0) {
+        // Rows of no classes: logsumexp is -inf, the others are empty.
+        std::int64_t count = 1;
+        for (py::ssize_t d = 0; d + 1 < ndim; ++d) count *= x.shape(d);
+        py::array_t<T> result(shape);
+        for (std::int64_t i = 0; op == SoftmaxOp::logsumexp && i < count; ++i) {
+            result.mutable_data()[i] = -std::numeric_limits<T>::infinity();
+        }
+        return std::move(result);
+    }
+    py::array_t<T> result(shape);
+    SoftmaxProblem<T> problem;
+    problem.input = static_cast<const T*>(x.data());
+    problem.view = ClassAxisView{rows, classes, 1, classes, 1};
+    problem.op = op;
+    problem.output = result.mutable_data();
+    std::vector<double> workspace(static_cast<std::size_t>(split_workspace_size(problem.view)));
+    problem.workspace = workspace.data();
+    {
+        py::gil_scoped_release release;
+        kernel(problem);
+    }
+    return std::move(result);
+}
+
+py::object softmax_fast(const py::handle& input, int op_code) {
+    if (op_code < 0 || op_code > 2 || !py::isinstance<py::array>(input)) return py::none();
+    const py::array x = py::reinterpret_borrow<py::array>(input);
+    if (x.ndim() < 1 || !(x.flags() & py::array::c_style)) return py::none();
+    const SoftmaxOp op = static_cast<SoftmaxOp>(op_code);
+    const KernelTable& table = kernels();
+    if (has_dtype<float>(x)) return softmax_fast_typed<float>(x, op, table.softmax_float);
+    if (has_dtype<double>(x)) return softmax_fast_typed<double>(x, op, table.softmax_double);
+    return py::none();
+}
+
 }  // namespace
 
 void register_softmax(py::module_& module) {
+    module.def("softmax_fast", &softmax_fast, py::arg("input"), py::arg("op"));
     // op: 0 log_softmax, 1 softmax, 2 logsumexp. `out` is C-contiguous, of the input's dtype.
     module.def(
         "softmax",

@@ -15,6 +15,10 @@ Loss = Union[np.floating, np.ndarray]
 
 
 def _softmax_family(x: ArrayLike, axis: Any, op: str, out: Optional[np.ndarray]) -> np.ndarray:
+    if out is None and type(axis) is int and axis == -1:
+        result = _core.softmax_fast(x, args.SOFTMAX_OPS[op])
+        if result is not None:
+            return result
     array, dtype = args.logits(x)
     axis = args.class_axis(array.ndim, axis, pytorch_default=False)
     shape = array.shape if op != "logsumexp" else array.shape[:axis] + array.shape[axis + 1 :]
