@@ -1,4 +1,5 @@
 // cross_entropy (forward, gradient, both, and the backward of the loss class) and nll_loss.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -81,6 +82,11 @@ py::tuple run_cross_entropy(const py::array& input, const ClassAxisView& view, c
             problem.grad_scale = grad_output;
         }
         kernel(problem);
+        if (reduction == Reduction::mean && denominator == 0.0 && problem.grad != nullptr) {
+            // D = 0 (every row ignored, or zero weights): the gradient is zero (SPEC), even in rows
+            // whose logits are NaN or infinite, where a zero scale would still give NaN.
+            std::fill(problem.grad, problem.grad + view.size(), T(0));
+        }
         for (std::int64_t i = 0; i < plan.items && want_sum; ++i) total += problem.partial_sums[i];
     }
     return py::make_tuple(total, denominator);

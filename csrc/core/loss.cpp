@@ -65,19 +65,22 @@ struct LossContext {
     }
     // Index targets, gradient: p_j * a - b * w_j, minus (1 - e) w_t at j = t; the z-loss adds
     // 2 z lse to a.
-    double grad_a(double weight_t, const RowStats& stats) const {
-        return (1.0 - smoothing) * weight_t + smoothing * weight_total / static_cast<double>(classes) +
-               z_loss_a(stats);
+    double grad_a(double weight_t, const RowStats& stats) const { return (1.0 - smoothing) * weight_t + uniform_a() + z_loss_a(stats); }
+    // e W / C, and b = e / C below: exactly 0 without smoothing, even with a NaN class weight (which
+    // must spoil only the rows that target its class, as in PyTorch).
+    double uniform_a() const {
+        return smoothing > 0.0 ? smoothing * weight_total / static_cast<double>(classes) : 0.0;
     }
     double z_loss_a(const RowStats& stats) const {
         return problem.z_loss == 0.0 ? 0.0 : 2.0 * problem.z_loss * (stats.max + stats.log_sum);
     }
     double grad_b() const { return smoothing / static_cast<double>(classes); }
+    double grad_b_weighted(std::int64_t c) const { return smoothing > 0.0 ? grad_b() * class_weight(c) : 0.0; }
     // The target's own gradient, in double: it cancels (p_t close to 1), so it is not left to the vector loop.
     double target_grad(const RowStats& stats, double target_logit, std::int64_t t, double scale) const {
         const double weight_t = class_weight(t);
         const double p_t = exp_double((target_logit - stats.max) - stats.log_sum);
-        return (p_t * grad_a(weight_t, stats) - grad_b() * weight_t - (1.0 - smoothing) * weight_t) * scale;
+        return (p_t * grad_a(weight_t, stats) - grad_b_weighted(t) - (1.0 - smoothing) * weight_t) * scale;
     }
 };
 
@@ -177,7 +180,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
         const bool smoothed_loss = smoothing > 0.0 && ctx.needs_loss;
         if (smoothed_loss) tile_weighted_sum(x, stride, p.weight, classes, lanes, tile.max, dot);
         const double uniform = smoothing / static_cast<double>(classes);
-        const double uniform_a = smoothing * ctx.weight_total / static_cast<double>(classes);
+        const double uniform_a = ctx.uniform_a();
         const double weight_total = ctx.weight_total;
         for (std::int64_t l = 0; l < lanes; ++l) {
             const double log_sum = tile.log_sum[l];
@@ -217,7 +220,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
         const T* in_row = x + c * stride;
         T* out_row = grad + c * grad_stride;
         if (index_targets) {
-            const T b_w = static_cast<T>(ctx.grad_b() * ctx.class_weight(c));
+            const T b_w = static_cast<T>(ctx.grad_b_weighted(c));
             for (std::int64_t l = 0; l < lanes; ++l) {
                 out_row[l] = fast_exp(in_row[l] - tile.max[l]) * coefficient[l] - b_w * lane_scale[l];
             }
@@ -234,10 +237,11 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     if (index_targets) {
         // The target's own gradient in double (see LossContext::target_grad), then scattered.
         double target_grad[kTileLanes];
-        const double b = ctx.grad_b();
+        const double b = smoothing > 0.0 ? ctx.grad_b() : 0.0;
         for (std::int64_t l = 0; l < lanes; ++l) {
             const double p_t = exp_double((target_logit[l] - static_cast<double>(tile.max[l])) - tile.log_sum[l]);
-            target_grad[l] = (p_t * a[l] - b * weight_t[l] - (1.0 - smoothing) * weight_t[l]) * scale[l];
+            const double b_t = b == 0.0 ? 0.0 : b * weight_t[l];
+            target_grad[l] = (p_t * a[l] - b_t - (1.0 - smoothing) * weight_t[l]) * scale[l];
         }
         for (std::int64_t l = 0; l < lanes; ++l) {
             if (kept[l] != 0.0) {

@@ -144,9 +144,12 @@ def ignore(ignore_index: Any) -> int:
     if isinstance(ignore_index, (bool, np.bool_)):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
     try:
-        return operator.index(ignore_index)
+        value = operator.index(ignore_index)
     except TypeError:
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"ignore_index must fit in int64, got {value}")
+    return value
 
 
 def class_weight(weight: Any, classes: int, dtype: np.dtype) -> Optional[np.ndarray]:
@@ -212,11 +215,25 @@ def output(
     if not out.flags.writeable:
         raise ValueError("out is read-only")
     for array in inputs:
-        if array is in_place or not isinstance(array, np.ndarray):
+        if not isinstance(array, np.ndarray) or not np.may_share_memory(out, array):
             continue
-        if np.may_share_memory(out, array):
-            raise ValueError("out must not overlap an input array (other than being the logits array itself)")
+        if array is in_place and _same_elements(out, array):
+            continue
+        raise ValueError(
+            "out must not overlap an input array (it may only be exactly the logits array, for an "
+            "in-place result)"
+        )
     return out
+
+
+def _same_elements(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays view exactly the same elements in the same order."""
+    return (
+        a.shape == b.shape
+        and a.strides == b.strides
+        and a.dtype == b.dtype
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
 
 
 def grad_rows(grad_output: Any, code: int, row_shape: Tuple[int, ...], dtype: np.dtype) -> Tuple[float, Optional[np.ndarray]]:

@@ -234,6 +234,7 @@ def cross_entropy(
         and z_loss == 0
         and return_z_loss is False
         and type(ignore_index) is int
+        and -(2**63) <= ignore_index < 2**63
     ):
         mean = _core.cross_entropy_mean_fast(input, target, ignore_index)
         if mean is not None:
