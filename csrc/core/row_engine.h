@@ -18,6 +18,35 @@
 namespace fastxent {
 namespace {
 
+// The rows of one work item (see plan_work in kernels.h). rows: rows [first, last). columns: the
+// tile of `lanes` positions from `lane0` along the inner axis of outer position `outer` (rows
+// first..first + lanes). small_rows: rows [first, first + lanes).
+struct ItemRows {
+    std::int64_t first;
+    std::int64_t last;
+    std::int64_t outer;
+    std::int64_t lane0;
+    std::int64_t lanes;
+};
+
+inline ItemRows item_rows(const WorkPlan& plan, const ClassAxisView& view, std::int64_t item) {
+    const std::int64_t rows = view.rows();
+    ItemRows range{0, 0, 0, 0, 0};
+    if (plan.strategy == Strategy::columns) {
+        const std::int64_t tiles_per_outer = (view.inner + kTileLanes - 1) / kTileLanes;
+        range.outer = item / tiles_per_outer;
+        range.lane0 = (item % tiles_per_outer) * kTileLanes;
+        range.lanes = view.inner - range.lane0 < kTileLanes ? view.inner - range.lane0 : kTileLanes;
+        range.first = range.outer * view.inner + range.lane0;
+    } else {
+        const std::int64_t per_item = plan.strategy == Strategy::rows ? plan.rows_per_item : kTileLanes;
+        range.first = item * per_item;
+        range.lanes = rows - range.first < per_item ? rows - range.first : per_item;
+    }
+    range.last = range.first + range.lanes;
+    return range;
+}
+
 // Independent accumulators per loop: two vector registers of the instruction set this file is
 // compiled for (FASTXENT_VECTOR_BYTES, set by CMake), enough to hide the latency of the adds without
 // spilling the exp's constants out of the registers; four for the max, whose loop body is one

@@ -125,28 +125,27 @@ template <typename T>
 void score_kernel(const ScoreProblem<T>& problem) {
     const ClassAxisView& view = problem.view;
     const WorkPlan plan = plan_work(view);
-    const std::int64_t rows = view.rows();
     const std::int64_t classes = view.classes;
     const int threads = threads_for(plan.items, view.size());
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (std::int64_t item = 0; item < plan.items; ++item) {
+        const ItemRows range = item_rows(plan, view, item);
         if (plan.strategy == Strategy::rows) {
-            const std::int64_t first = item * plan.rows_per_item;
-            const std::int64_t last = first + plan.rows_per_item < rows ? first + plan.rows_per_item : rows;
+            const std::int64_t first = range.first;
+            const std::int64_t last = range.last;
             for (std::int64_t row = first; row < last; ++row) {
                 score_whole_row(problem, problem.input + row * view.outer_stride, row);
             }
         } else if (plan.strategy == Strategy::columns) {
-            const std::int64_t tiles_per_outer = (view.inner + kTileLanes - 1) / kTileLanes;
-            const std::int64_t outer = item / tiles_per_outer;
-            const std::int64_t lane0 = (item % tiles_per_outer) * kTileLanes;
-            const std::int64_t lanes = view.inner - lane0 < kTileLanes ? view.inner - lane0 : kTileLanes;
+            const std::int64_t outer = range.outer;
+            const std::int64_t lane0 = range.lane0;
+            const std::int64_t lanes = range.lanes;
             score_tile(problem, problem.input + outer * view.outer_stride + lane0, view.class_stride,
                        outer * view.inner + lane0, lanes);
         } else {
-            const std::int64_t first = item * kTileLanes;
-            const std::int64_t lanes = rows - first < kTileLanes ? rows - first : kTileLanes;
+            const std::int64_t first = range.first;
+            const std::int64_t lanes = range.lanes;
             T tile[kSmallClasses * kTileLanes];
             transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes, tile);
             score_tile(problem, tile, kTileLanes, first, lanes);

@@ -134,24 +134,22 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (std::int64_t item = 0; item < plan.items; ++item) {
+        const ItemRows range = item_rows(plan, view, item);
         if (plan.strategy == Strategy::rows) {
-            const std::int64_t first = item * plan.rows_per_item;
-            const std::int64_t last = first + plan.rows_per_item < rows ? first + plan.rows_per_item : rows;
-            for (std::int64_t row = first; row < last; ++row) {
+            for (std::int64_t row = range.first; row < range.last; ++row) {
                 softmax_row(problem, problem.input + row * view.outer_stride, row);
             }
         } else if (plan.strategy == Strategy::columns) {
-            const std::int64_t tiles_per_outer = (view.inner + kTileLanes - 1) / kTileLanes;
-            const std::int64_t outer = item / tiles_per_outer;
-            const std::int64_t lane0 = (item % tiles_per_outer) * kTileLanes;
-            const std::int64_t lanes = view.inner - lane0 < kTileLanes ? view.inner - lane0 : kTileLanes;
+            const std::int64_t outer = range.outer;
+            const std::int64_t lane0 = range.lane0;
+            const std::int64_t lanes = range.lanes;
             const T* x = problem.input + outer * view.outer_stride + lane0;
             T* out = reduces ? problem.output + outer * view.inner + lane0
                              : problem.output + outer * classes * view.inner + lane0;
             softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner);
         } else {
-            const std::int64_t first = item * kTileLanes;
-            const std::int64_t lanes = rows - first < kTileLanes ? rows - first : kTileLanes;
+            const std::int64_t first = range.first;
+            const std::int64_t lanes = range.lanes;
             T tile_in[kSmallClasses * kTileLanes];
             T tile_out[kSmallClasses * kTileLanes];
             transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
