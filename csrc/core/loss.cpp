@@ -65,7 +65,9 @@ struct LossContext {
     }
     // Index targets, gradient: p_j * a - b * w_j, minus (1 - e) w_t at j = t; the z-loss adds
     // 2 z lse to a.
-    double grad_a(double weight_t, const RowStats& stats) const { return (1.0 - smoothing) * weight_t + uniform_a() + z_loss_a(stats); }
+    double grad_a(double weight_t, const RowStats& stats) const {
+        return (1.0 - smoothing) * weight_t + uniform_a() + z_loss_a(stats);
+    }
     // e W / C, and b = e / C below: exactly 0 without smoothing, even with a NaN class weight (which
     // must spoil only the rows that target its class, as in PyTorch).
     double uniform_a() const {
@@ -133,7 +135,7 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row) {
 
 // A tile of `lanes` consecutive rows starting at `row0`: class c of lane l at x[c * stride + l], its
 // probability target at y[c * y_stride + l], its gradient at grad[c * grad_stride + l]. Returns the
-// sum of the tile's losses, added in row order. Per-lane work is done in arrays so that it vectorises
+// sum of the tile's losses, added in a fixed order. Per-lane work is done in arrays so that it vectorises
 // across rows; only the target gathers and scatters are scalar.
 template <typename T>
 double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, const T* y, std::int64_t y_stride,

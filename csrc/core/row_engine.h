@@ -61,8 +61,9 @@ constexpr int kMaxAccumulators = 4 * FASTXENT_VECTOR_BYTES / static_cast<int>(si
 
 // Note: block sums. The sum of exponentials runs in T within blocks of kSumBlock elements and the
 // block sums are added in double. Inside a block each accumulator adds at most
-// kSumBlock / kAccumulators (32 or 64) positive terms, so the float32 sum of exps is accurate to a few ulp however long the row is, and the double
-// total never loses the small blocks of a 256k-class row.
+// kSumBlock / kAccumulators (32 to 128) positive terms, so the float32 sum of exps stays accurate to
+// a few ulp however long the row is, and the double total never loses the small blocks of a
+// 256k-class row.
 constexpr std::int64_t kSumBlock = 1024;
 
 template <typename T>
