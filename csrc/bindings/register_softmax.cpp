@@ -24,8 +24,9 @@ void run_softmax(const py::array& input, const ClassAxisView& view, SoftmaxOp op
     kernel(problem);
 }
 
-// The default call, f(x) with x a C-contiguous float32/float64 array of at least one dimension and the
-// class axis last: the result, or None when x is anything else (the Python layer then takes over).
+// The common call, f(x, axis) with x a C-contiguous float32/float64 array of at least one dimension
+// and the class axis last (-1 or ndim - 1), no out=: the result, or None when the arguments are
+// anything else (the Python layer then takes over).
 template <typename T>
 py::array softmax_fast_typed(const py::array& x, SoftmaxOp op, void (*kernel)(const SoftmaxProblem<T>&)) {
     const py::ssize_t ndim = x.ndim();
@@ -57,10 +58,11 @@ py::array softmax_fast_typed(const py::array& x, SoftmaxOp op, void (*kernel)(co
     return std::move(result);
 }
 
-py::object softmax_fast(const py::handle& input, int op_code) {
+py::object softmax_fast(const py::handle& input, int op_code, std::int64_t axis) {
     if (op_code < 0 || op_code > 2 || !py::isinstance<py::array>(input)) return py::none();
     const py::array x = py::reinterpret_borrow<py::array>(input);
     if (x.ndim() < 1 || !(x.flags() & py::array::c_style)) return py::none();
+    if (axis != -1 && axis != x.ndim() - 1) return py::none();
     const SoftmaxOp op = static_cast<SoftmaxOp>(op_code);
     const KernelTable& table = kernels();
     if (has_dtype<float>(x)) return softmax_fast_typed<float>(x, op, table.softmax_float);
@@ -71,7 +73,7 @@ py::object softmax_fast(const py::handle& input, int op_code) {
 }  // namespace
 
 void register_softmax(py::module_& module) {
-    module.def("softmax_fast", &softmax_fast, py::arg("input"), py::arg("op"));
+    module.def("softmax_fast", &softmax_fast, py::arg("input"), py::arg("op"), py::arg("axis"));
     // op: 0 log_softmax, 1 softmax, 2 logsumexp. `out` is C-contiguous, of the input's dtype.
     module.def(
         "softmax",
