@@ -280,19 +280,14 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
     {
 #pragma omp for schedule(static)
         for (std::int64_t item = 0; item < items; ++item) {
-            const std::int64_t row = item / chunks;
-            const std::int64_t first = (item % chunks) * kSplitChunk;
-            const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
+            const auto [row, first, count] = split_chunk(item, chunks, classes);
             chunk_max[item] = ctx.ignored(row) ? 0.0 : static_cast<double>(row_max(p.input + row * p.view.outer_stride + first, count));
         }
 #pragma omp for schedule(static)
         for (std::int64_t item = 0; item < items; ++item) {
-            const std::int64_t row = item / chunks;
+            const auto [row, first, count] = split_chunk(item, chunks, classes);
             if (ctx.ignored(row)) continue;
-            const std::int64_t first = (item % chunks) * kSplitChunk;
-            const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
-            double max = chunk_max[row * chunks];
-            for (std::int64_t c = 1; c < chunks; ++c) max = chunk_max[row * chunks + c] > max ? chunk_max[row * chunks + c] : max;
+            const double max = split_row_max(chunk_max, row, chunks);
             const T* x = p.input + row * p.view.outer_stride + first;
             const T shift = static_cast<T>(max);
             chunk_sum[item] = row_sum_exp(x, count, shift);
@@ -306,20 +301,17 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
         }
 #pragma omp single
         for (std::int64_t row = 0; row < rows; ++row) {
-            const double* row_max_of = chunk_max + row * chunks;
-            double max = row_max_of[0];
             double sum = 0.0;
             double dot = 0.0;
             total[row] = 0.0;
             for (std::int64_t c = 0; c < chunks; ++c) {
-                max = row_max_of[c] > max ? row_max_of[c] : max;
                 sum += chunk_sum[row * chunks + c];
                 if (smoothed_loss || !index_targets) dot += chunk_dot[row * chunks + c];
                 if (!index_targets) total[row] += chunk_total[row * chunks + c];
             }
             double loss = 0.0;
             if (!ctx.ignored(row)) {
-                stats[row] = RowStats{max, std::log(sum)};
+                stats[row] = RowStats{split_row_max(chunk_max, row, chunks), std::log(sum)};
                 if (p.save_stats != nullptr) p.save_stats[row] = stats[row];
                 if (index_targets) {
                     const std::int64_t t = p.target_index[row];
@@ -335,9 +327,7 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
         if (p.grad != nullptr) {
 #pragma omp for schedule(static)
             for (std::int64_t item = 0; item < items; ++item) {
-                const std::int64_t row = item / chunks;
-                const std::int64_t first = (item % chunks) * kSplitChunk;
-                const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
+                const auto [row, first, count] = split_chunk(item, chunks, classes);
                 T* grad = p.grad + row * classes + first;
                 if (ctx.ignored(row)) {
                     for (std::int64_t c = 0; c < count; ++c) grad[c] = T(0);

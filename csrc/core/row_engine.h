@@ -47,6 +47,27 @@ inline ItemRows item_rows(const WorkPlan& plan, const ClassAxisView& view, std::
     return range;
 }
 
+// One chunk of a split row (kernels.h, kSplitClasses): work item `item` is chunk item % chunks of
+// row item / chunks, classes [first, first + count).
+struct SplitChunk {
+    std::int64_t row;
+    std::int64_t first;
+    std::int64_t count;
+};
+
+inline SplitChunk split_chunk(std::int64_t item, std::int64_t chunks, std::int64_t classes) {
+    const std::int64_t first = (item % chunks) * kSplitChunk;
+    return SplitChunk{item / chunks, first, classes - first < kSplitChunk ? classes - first : kSplitChunk};
+}
+
+// The max of a split row from its chunks' maxima.
+inline double split_row_max(const double* chunk_max, std::int64_t row, std::int64_t chunks) {
+    const double* maxima = chunk_max + row * chunks;
+    double max = maxima[0];
+    for (std::int64_t c = 1; c < chunks; ++c) max = maxima[c] > max ? maxima[c] : max;
+    return max;
+}
+
 // Independent accumulators per loop: two vector registers of the instruction set this file is
 // compiled for (FASTXENT_VECTOR_BYTES, set by CMake), enough to hide the latency of the adds without
 // spilling the exp's constants out of the registers; four for the max, whose loop body is one

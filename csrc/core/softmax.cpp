@@ -72,29 +72,20 @@ void softmax_split(const SoftmaxProblem<T>& problem, std::int64_t chunks, int th
     {
 #pragma omp for schedule(static)
         for (std::int64_t item = 0; item < items; ++item) {
-            const std::int64_t row = item / chunks;
-            const std::int64_t first = (item % chunks) * kSplitChunk;
-            const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
+            const auto [row, first, count] = split_chunk(item, chunks, classes);
             chunk_max[item] = static_cast<double>(row_max(problem.input + row * view.outer_stride + first, count));
         }
 #pragma omp for schedule(static)
         for (std::int64_t item = 0; item < items; ++item) {
-            const std::int64_t row = item / chunks;
-            const std::int64_t first = (item % chunks) * kSplitChunk;
-            const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
-            double max = chunk_max[row * chunks];
-            for (std::int64_t c = 1; c < chunks; ++c) max = chunk_max[row * chunks + c] > max ? chunk_max[row * chunks + c] : max;
+            const auto [row, first, count] = split_chunk(item, chunks, classes);
+            const double max = split_row_max(chunk_max, row, chunks);
             chunk_sum[item] = row_sum_exp(problem.input + row * view.outer_stride + first, count, static_cast<T>(max));
         }
 #pragma omp single
         for (std::int64_t row = 0; row < rows; ++row) {
-            double max = chunk_max[row * chunks];
             double sum = 0.0;
-            for (std::int64_t c = 0; c < chunks; ++c) {
-                max = chunk_max[row * chunks + c] > max ? chunk_max[row * chunks + c] : max;
-                sum += chunk_sum[row * chunks + c];
-            }
-            stats[row] = RowStats{max, std::log(sum)};
+            for (std::int64_t c = 0; c < chunks; ++c) sum += chunk_sum[row * chunks + c];
+            stats[row] = RowStats{split_row_max(chunk_max, row, chunks), std::log(sum)};
             if (problem.op == SoftmaxOp::logsumexp) {
                 problem.output[row] = static_cast<T>(
                     logsumexp_from_stats(stats[row], problem.input + row * view.outer_stride, 1, classes));
@@ -103,9 +94,7 @@ void softmax_split(const SoftmaxProblem<T>& problem, std::int64_t chunks, int th
         if (problem.op != SoftmaxOp::logsumexp) {
 #pragma omp for schedule(static)
             for (std::int64_t item = 0; item < items; ++item) {
-                const std::int64_t row = item / chunks;
-                const std::int64_t first = (item % chunks) * kSplitChunk;
-                const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
+                const auto [row, first, count] = split_chunk(item, chunks, classes);
                 const T* x = problem.input + row * view.outer_stride + first;
                 T* out = problem.output + row * classes + first;
                 if (problem.op == SoftmaxOp::log_softmax) {
