@@ -12,7 +12,10 @@
 #include <stdexcept>
 #include <string>
 
+#include <vector>
+
 #include "core/kernels.h"
+#include "core/parallel.h"
 
 namespace fastxent::bindings {
 
@@ -56,6 +59,42 @@ T* dense_data(const py::object& object, const char* name, std::int64_t size, boo
         return static_cast<T*>(array.mutable_data());
     }
     return const_cast<T*>(static_cast<const T*>(array.data()));
+}
+
+// The logits of a problem: T, or (half = 0 float16, 1 bfloat16; -1 for none) 16-bit floats handed
+// over as uint16, for a float kernel.
+template <typename T, typename Problem>
+void set_logits(Problem& problem, const py::array& input, int half) {
+    if (half < 0) {
+        problem.input = input_data<T>(input, "input");
+        return;
+    }
+    if (half > 1) throw std::invalid_argument("unknown 16-bit format code");
+    problem.input_half = input_data<std::uint16_t>(input, "input");
+    problem.half_format = static_cast<HalfFormat>(half);
+}
+
+// An output of `size` elements that is either T or, for a call on 16-bit logits, 16-bit floats
+// (uint16) in the logits' format; null when `object` is None.
+template <typename T>
+void set_output(const py::object& object, const char* name, std::int64_t size, int half, T*& native,
+                std::uint16_t*& half_data) {
+    if (half >= 0 && !object.is_none() && has_dtype<std::uint16_t>(object)) {
+        half_data = dense_data<std::uint16_t>(object, name, size, true);
+    } else {
+        native = dense_data<T>(object, name, size, true);
+    }
+}
+
+// Gives a staged problem (16-bit logits or a soft cap) its staging buffers, one per thread the
+// kernels may use now (`split`: the kernel splits rows; see staging_size).
+template <typename T, typename Problem>
+void set_staging(Problem& problem, std::vector<T>& buffer, bool capped, bool split = true) {
+    if (problem.input_half == nullptr && !capped) return;
+    problem.staging_threads = max_threads();
+    buffer.resize(static_cast<std::size_t>(problem.staging_threads) *
+                  static_cast<std::size_t>(staging_size(problem.view, capped, split)));
+    problem.staging = buffer.data();
 }
 
 }  // namespace fastxent::bindings

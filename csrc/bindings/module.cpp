@@ -9,6 +9,7 @@ void register_runtime(py::module_& module);
 void register_softmax(py::module_& module);
 void register_loss(py::module_& module);
 void register_score(py::module_& module);
+void register_dlpack(py::module_& module);
 }  // namespace fastxent::bindings
 
 PYBIND11_MODULE(_core, module) {
@@ -17,4 +18,5 @@ PYBIND11_MODULE(_core, module) {
     fastxent::bindings::register_softmax(module);
     fastxent::bindings::register_loss(module);
     fastxent::bindings::register_score(module);
+    fastxent::bindings::register_dlpack(module);
 }

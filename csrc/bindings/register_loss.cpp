@@ -36,7 +36,7 @@ const std::int64_t* checked_targets(const py::object& target, std::int64_t rows,
 // Returns (sum of the row losses, denominator of "mean"). The denominator is D for index targets and
 // the number of rows for probability targets.
 template <typename T>
-py::tuple run_cross_entropy(const py::array& input, const ClassAxisView& view, const py::object& target_index,
+py::tuple run_cross_entropy(const py::array& input, int half, double softcap, const ClassAxisView& view, const py::object& target_index,
                             const py::object& target_prob, const py::object& weight, std::int64_t ignore_index,
                             double label_smoothing, double z_loss, Reduction reduction, double grad_output,
                             const py::object& grad_rows, const py::object& row_loss, const py::object& grad,
@@ -44,7 +44,11 @@ py::tuple run_cross_entropy(const py::array& input, const ClassAxisView& view, c
                             void (*kernel)(const CrossEntropyProblem<T>&)) {
     const std::int64_t rows = view.rows();
     CrossEntropyProblem<T> problem;
-    problem.input = input_data<T>(input, "input");
+    set_logits<T>(problem, input, half);
+    if (!(softcap >= 0.0 && softcap < std::numeric_limits<double>::infinity())) {
+        throw py::value_error("softcap must be a finite number > 0");
+    }
+    problem.softcap = softcap;
     problem.view = view;
     problem.weight = dense_data<T>(weight, "weight", view.classes, false);
     problem.ignore_index = ignore_index;
@@ -57,7 +61,7 @@ py::tuple run_cross_entropy(const py::array& input, const ClassAxisView& view, c
         if (problem.target_prob == nullptr) throw py::value_error("a target is required");
     }
     problem.row_loss = dense_data<T>(row_loss, "row_loss", rows, true);
-    problem.grad = dense_data<T>(grad, "out", view.size(), true);
+    set_output<T>(grad, "out", view.size(), half, problem.grad, problem.grad_half);
     problem.grad_rows = dense_data<T>(grad_rows, "grad_output", rows, false);
     problem.save_stats = reinterpret_cast<RowStats*>(dense_data<double>(save_stats, "save_stats", 2 * rows, true));
     problem.saved_stats =
@@ -68,6 +72,8 @@ py::tuple run_cross_entropy(const py::array& input, const ClassAxisView& view, c
     if (want_sum) problem.partial_sums = partials.data();
     std::vector<double> workspace(static_cast<std::size_t>(split_workspace_size(view)));
     problem.workspace = workspace.data();
+    std::vector<T> staging;
+    set_staging(problem, staging, softcap != 0.0);
 
     double total = 0.0;
     double denominator = 0.0;
@@ -82,10 +88,11 @@ py::tuple run_cross_entropy(const py::array& input, const ClassAxisView& view, c
             problem.grad_scale = grad_output;
         }
         kernel(problem);
-        if (reduction == Reduction::mean && denominator == 0.0 && problem.grad != nullptr) {
+        if (reduction == Reduction::mean && denominator == 0.0) {
             // D = 0 (every row ignored, or zero weights): the gradient is zero (SPEC), even in rows
             // whose logits are NaN or infinite, where a zero scale would still give NaN.
-            std::fill(problem.grad, problem.grad + view.size(), T(0));
+            if (problem.grad != nullptr) std::fill(problem.grad, problem.grad + view.size(), T(0));
+            if (problem.grad_half != nullptr) std::fill(problem.grad_half, problem.grad_half + view.size(), 0);
         }
         for (std::int64_t i = 0; i < plan.items && want_sum; ++i) total += problem.partial_sums[i];
     }
@@ -129,10 +136,10 @@ py::object cross_entropy_mean_fast(const py::handle& input, const py::handle& ta
     py::tuple result;
     const KernelTable& table = kernels();
     if (has_dtype<float>(x)) {
-        result = run_cross_entropy<float>(x, view, t, none, none, ignore_index, 0.0, 0.0, Reduction::mean, 1.0, none,
+        result = run_cross_entropy<float>(x, -1, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, Reduction::mean, 1.0, none,
                                           none, none, none, none, true, table.cross_entropy_float);
     } else if (has_dtype<double>(x)) {
-        result = run_cross_entropy<double>(x, view, t, none, none, ignore_index, 0.0, 0.0, Reduction::mean, 1.0, none,
+        result = run_cross_entropy<double>(x, -1, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, Reduction::mean, 1.0, none,
                                            none, none, none, none, true, table.cross_entropy_double);
     } else {
         return py::none();
@@ -150,18 +157,18 @@ void register_loss(py::module_& module) {
            const py::object& target_prob, const py::object& weight, std::int64_t ignore_index,
            double label_smoothing, double z_loss, int reduction, double grad_output, const py::object& grad_rows,
            const py::object& row_loss, const py::object& grad, const py::object& save_stats,
-           const py::object& saved_stats, bool want_sum) {
+           const py::object& saved_stats, bool want_sum, int half, double softcap) {
             if (reduction < 0 || reduction > 2) throw py::value_error("unknown reduction code");
             const ClassAxisView view = to_view(view_tuple);
             const KernelTable& table = kernels();
             const Reduction r = static_cast<Reduction>(reduction);
-            if (has_dtype<float>(input)) {
-                return run_cross_entropy<float>(input, view, target_index, target_prob, weight, ignore_index,
+            if (half >= 0 || has_dtype<float>(input)) {
+                return run_cross_entropy<float>(input, half, softcap, view, target_index, target_prob, weight, ignore_index,
                                                 label_smoothing, z_loss, r, grad_output, grad_rows, row_loss, grad,
                                                 save_stats, saved_stats, want_sum, table.cross_entropy_float);
             }
             if (has_dtype<double>(input)) {
-                return run_cross_entropy<double>(input, view, target_index, target_prob, weight, ignore_index,
+                return run_cross_entropy<double>(input, half, softcap, view, target_index, target_prob, weight, ignore_index,
                                                  label_smoothing, z_loss, r, grad_output, grad_rows, row_loss, grad,
                                                  save_stats, saved_stats, want_sum, table.cross_entropy_double);
             }
@@ -171,7 +178,7 @@ void register_loss(py::module_& module) {
         py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("z_loss"), py::arg("reduction"),
         py::arg("grad_output"),
         py::arg("grad_rows"), py::arg("row_loss"), py::arg("grad"), py::arg("save_stats"),
-        py::arg("saved_stats"), py::arg("want_sum"));
+        py::arg("saved_stats"), py::arg("want_sum"), py::arg("half") = -1, py::arg("softcap") = 0.0);
 
     module.def(
         "nll_loss",

@@ -30,7 +30,7 @@ std::int64_t first_target_out_of_bounds(const std::int64_t* target, std::int64_t
 }
 
 template <typename T>
-void run_score(const py::array& input, const ClassAxisView& view, const py::object& target,
+void run_score(const py::array& input, int half, const ClassAxisView& view, const py::object& target,
                std::int64_t candidates, const py::object& logprob, const py::object& is_greedy,
                const py::object& rank, const py::object& lse, const py::object& argmax,
                const py::object& entropy, void (*kernel)(const ScoreProblem<T>&)) {
@@ -38,7 +38,7 @@ void run_score(const py::array& input, const ClassAxisView& view, const py::obje
     const std::int64_t rows = view.rows();
     const std::int64_t targets = rows * candidates;
     ScoreProblem<T> problem;
-    problem.input = input_data<T>(input, "input");
+    set_logits<T>(problem, input, half);
     problem.view = view;
     problem.candidates = candidates;
     problem.target = dense_data<std::int64_t>(target, "target", targets, false);
@@ -61,19 +61,21 @@ void run_score(const py::array& input, const ClassAxisView& view, const py::obje
     }
     if (bad >= 0) throw py::index_error(out_of_bounds_message(problem.target[bad], view.classes, bad));
 
+    std::vector<T> staging;
+    set_staging(problem, staging, false, false);
     py::gil_scoped_release release;
     kernel(problem);
 }
 
 template <typename T>
-void run_score_spans(const py::array& input, const ClassAxisView& view, const py::object& target,
+void run_score_spans(const py::array& input, int half, const ClassAxisView& view, const py::object& target,
                      const py::object& starts, const py::object& lengths, const py::object& span_logprob,
                      const py::object& span_greedy, void (*kernel)(const ScoreSpansProblem<T>&)) {
     const std::int64_t rows = view.rows();
     if (!py::isinstance<py::array>(starts)) throw py::value_error("starts must be an ndarray");
     const std::int64_t spans = static_cast<std::int64_t>(py::reinterpret_borrow<py::array>(starts).size());
     ScoreSpansProblem<T> problem;
-    problem.input = input_data<T>(input, "input");
+    set_logits<T>(problem, input, half);
     problem.view = view;
     problem.target = dense_data<std::int64_t>(target, "target", rows, false);
     problem.starts = dense_data<std::int64_t>(starts, "starts", spans, false);
@@ -138,41 +140,42 @@ void register_score(py::module_& module) {
         "score",
         [](const py::array& input, const ViewTuple& view_tuple, const py::object& target, std::int64_t candidates,
            const py::object& logprob, const py::object& is_greedy, const py::object& rank, const py::object& lse,
-           const py::object& argmax, const py::object& entropy) {
+           const py::object& argmax, const py::object& entropy, int half) {
             const ClassAxisView view = to_view(view_tuple);
             const KernelTable& table = kernels();
-            if (has_dtype<float>(input)) {
-                run_score<float>(input, view, target, candidates, logprob, is_greedy, rank, lse, argmax, entropy,
+            if (half >= 0 || has_dtype<float>(input)) {
+                run_score<float>(input, half, view, target, candidates, logprob, is_greedy, rank, lse, argmax, entropy,
                                  table.score_float);
             } else if (has_dtype<double>(input)) {
-                run_score<double>(input, view, target, candidates, logprob, is_greedy, rank, lse, argmax, entropy,
+                run_score<double>(input, half, view, target, candidates, logprob, is_greedy, rank, lse, argmax, entropy,
                                   table.score_double);
             } else {
                 throw py::type_error("input must be float32 or float64");
             }
         },
         py::arg("input"), py::arg("view"), py::arg("target"), py::arg("candidates"), py::arg("logprob"),
-        py::arg("is_greedy"), py::arg("rank"), py::arg("lse"), py::arg("argmax"), py::arg("entropy"));
+        py::arg("is_greedy"), py::arg("rank"), py::arg("lse"), py::arg("argmax"), py::arg("entropy"),
+        py::arg("half") = -1);
 
     // starts, lengths: int64 (spans); span_logprob: float64 (spans); span_greedy: bool (spans).
     module.def(
         "score_spans",
         [](const py::array& input, const ViewTuple& view_tuple, const py::object& target, const py::object& starts,
-           const py::object& lengths, const py::object& span_logprob, const py::object& span_greedy) {
+           const py::object& lengths, const py::object& span_logprob, const py::object& span_greedy, int half) {
             const ClassAxisView view = to_view(view_tuple);
             const KernelTable& table = kernels();
-            if (has_dtype<float>(input)) {
-                run_score_spans<float>(input, view, target, starts, lengths, span_logprob, span_greedy,
+            if (half >= 0 || has_dtype<float>(input)) {
+                run_score_spans<float>(input, half, view, target, starts, lengths, span_logprob, span_greedy,
                                        table.score_spans_float);
             } else if (has_dtype<double>(input)) {
-                run_score_spans<double>(input, view, target, starts, lengths, span_logprob, span_greedy,
+                run_score_spans<double>(input, half, view, target, starts, lengths, span_logprob, span_greedy,
                                         table.score_spans_double);
             } else {
                 throw py::type_error("input must be float32 or float64");
             }
         },
         py::arg("input"), py::arg("view"), py::arg("target"), py::arg("starts"), py::arg("lengths"),
-        py::arg("span_logprob"), py::arg("span_greedy"));
+        py::arg("span_logprob"), py::arg("span_greedy"), py::arg("half") = -1);
 }
 
 }  // namespace fastxent::bindings

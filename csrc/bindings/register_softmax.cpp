@@ -10,16 +10,19 @@ namespace fastxent::bindings {
 namespace {
 
 template <typename T>
-void run_softmax(const py::array& input, const ClassAxisView& view, SoftmaxOp op, const py::object& out,
+void run_softmax(const py::array& input, int half, const ClassAxisView& view, SoftmaxOp op, const py::object& out,
                  void (*kernel)(const SoftmaxProblem<T>&)) {
     SoftmaxProblem<T> problem;
-    problem.input = input_data<T>(input, "input");
+    set_logits<T>(problem, input, half);
     problem.view = view;
     problem.op = op;
     const std::int64_t out_size = op == SoftmaxOp::logsumexp ? view.rows() : view.size();
-    problem.output = dense_data<T>(out, "out", out_size, true);
+    set_output<T>(out, "out", out_size, op == SoftmaxOp::logsumexp ? -1 : half, problem.output, problem.output_half);
+    if (problem.output == nullptr && problem.output_half == nullptr) throw py::value_error("out is required");
     std::vector<double> workspace(static_cast<std::size_t>(split_workspace_size(view)));
     problem.workspace = workspace.data();
+    std::vector<T> staging;
+    set_staging(problem, staging, false);
     py::gil_scoped_release release;
     kernel(problem);
 }
@@ -74,23 +77,25 @@ py::object softmax_fast(const py::handle& input, int op_code, std::int64_t axis)
 
 void register_softmax(py::module_& module) {
     module.def("softmax_fast", &softmax_fast, py::arg("input"), py::arg("op"), py::arg("axis"));
-    // op: 0 log_softmax, 1 softmax, 2 logsumexp. `out` is C-contiguous, of the input's dtype.
+    // op: 0 log_softmax, 1 softmax, 2 logsumexp. `out` is C-contiguous, of the input's dtype; for
+    // 16-bit logits (half = 0 float16, 1 bfloat16, handed over as uint16) uint16 in the same format or
+    // float32 (always float32 for logsumexp).
     module.def(
         "softmax",
-        [](const py::array& input, const ViewTuple& view_tuple, int op_code, const py::object& out) {
+        [](const py::array& input, const ViewTuple& view_tuple, int op_code, const py::object& out, int half) {
             if (op_code < 0 || op_code > 2) throw py::value_error("unknown softmax op");
             const SoftmaxOp op = static_cast<SoftmaxOp>(op_code);
             const ClassAxisView view = to_view(view_tuple);
             const KernelTable& table = kernels();
-            if (has_dtype<float>(input)) {
-                run_softmax<float>(input, view, op, out, table.softmax_float);
+            if (half >= 0 || has_dtype<float>(input)) {
+                run_softmax<float>(input, half, view, op, out, table.softmax_float);
             } else if (has_dtype<double>(input)) {
-                run_softmax<double>(input, view, op, out, table.softmax_double);
+                run_softmax<double>(input, half, view, op, out, table.softmax_double);
             } else {
                 throw py::type_error("input must be float32 or float64");
             }
         },
-        py::arg("input"), py::arg("view"), py::arg("op"), py::arg("out"));
+        py::arg("input"), py::arg("view"), py::arg("op"), py::arg("out"), py::arg("half") = -1);
 }
 
 }  // namespace fastxent::bindings

@@ -23,6 +23,15 @@ struct ClassAxisView {
 
 enum class SoftmaxOp { log_softmax, softmax, logsumexp };
 
+// The 16-bit formats a float kernel reads and writes in place of float (see staging.h).
+enum class HalfFormat : std::uint8_t { float16, bfloat16 };
+
+// Staged calls (16-bit logits, or a soft cap) need a staging buffer of this many T per thread: one
+// row, tile or chunk of the view (`split`: a kernel that splits rows, see split_chunks), twice that
+// with the cap's derivative. The buffer holds `staging_threads` of them, and a kernel never runs
+// more threads than that.
+std::int64_t staging_size(const ClassAxisView& view, bool capped, bool split = true);
+
 template <typename T>
 struct SoftmaxProblem {
     const T* input = nullptr;
@@ -31,6 +40,14 @@ struct SoftmaxProblem {
     // log_softmax, softmax: C-contiguous (outer, classes, inner); logsumexp: C-contiguous (outer, inner).
     T* output = nullptr;
     double* workspace = nullptr;  // split_workspace_size(view) doubles
+
+    // 16-bit logits, read instead of `input` (T is float), and a 16-bit output written instead of
+    // `output` (log_softmax, softmax); both in `half_format`. Either needs the staging buffer.
+    const std::uint16_t* input_half = nullptr;
+    std::uint16_t* output_half = nullptr;
+    HalfFormat half_format = HalfFormat::float16;
+    T* staging = nullptr;
+    int staging_threads = 0;
 };
 
 // Per-row statistics saved by a forward pass so that a backward pass needs one read of the logits:
@@ -68,6 +85,18 @@ struct CrossEntropyProblem {
     // (see plan_work), so the total does not depend on the thread count.
     double* partial_sums = nullptr;
     double* workspace = nullptr;  // split_workspace_size(view) doubles
+
+    // The soft cap: the logits pass through softcap * tanh(x / softcap) before everything above
+    // (0: none); the gradient is with respect to the uncapped logits, and saved statistics are those
+    // of the capped ones.
+    double softcap = 0.0;
+    // 16-bit logits, read instead of `input` (T is float); a 16-bit gradient, written instead of
+    // `grad`; both in `half_format`. A cap or 16-bit logits need the staging buffer.
+    const std::uint16_t* input_half = nullptr;
+    std::uint16_t* grad_half = nullptr;
+    HalfFormat half_format = HalfFormat::float16;
+    T* staging = nullptr;
+    int staging_threads = 0;
 };
 
 // The scoring problems (score.h); declared here for the table.

@@ -13,6 +13,7 @@
 #include "kernels.h"
 #include "parallel.h"
 #include "row_engine.h"
+#include "staging.h"
 
 namespace fastxent {
 namespace FASTXENT_ISA {
@@ -28,6 +29,8 @@ struct LossContext {
     double weight_total;     // W = sum_c w_c
     bool needs_loss;         // a loss is reported (row losses or the partial sums)
     ProbabilityWeights<T> probability;
+    Logits<T> logits;        // how the logits are read when staged
+    Destination<T> grad;     // where the gradient goes when staged
 
     explicit LossContext(const CrossEntropyProblem<T>& p)
         : problem(p),
@@ -36,7 +39,9 @@ struct LossContext {
           weight_total(static_cast<double>(p.view.classes)),
           needs_loss(p.row_loss != nullptr || p.partial_sums != nullptr),
           probability{static_cast<T>(1.0 - p.label_smoothing),
-                      static_cast<T>(p.view.classes > 0 ? p.label_smoothing / p.view.classes : 0.0), p.weight} {
+                      static_cast<T>(p.view.classes > 0 ? p.label_smoothing / p.view.classes : 0.0), p.weight},
+          logits{p.input, p.input_half, p.half_format, p.softcap},
+          grad{p.grad, p.grad_half, p.half_format} {
         if (p.weight != nullptr) {
             weight_total = 0.0;
             for (std::int64_t c = 0; c < classes; ++c) weight_total += static_cast<double>(p.weight[c]);
@@ -86,12 +91,12 @@ struct LossContext {
     }
 };
 
-// One contiguous row. Returns its loss (0 for an ignored row).
+// One contiguous row, its gradient (if wanted) to `grad`, which may be `x` itself. Returns its loss
+// (0 for an ignored row).
 template <typename T>
-double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row) {
+double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad) {
     const CrossEntropyProblem<T>& p = ctx.problem;
     const std::int64_t classes = ctx.classes;
-    T* grad = p.grad == nullptr ? nullptr : p.grad + row * classes;
     if (ctx.ignored(row)) {
         if (grad != nullptr) {
             for (std::int64_t c = 0; c < classes; ++c) grad[c] = T(0);
@@ -259,7 +264,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
 // Rows cut into chunks (kernels.h, kSplitClasses): each phase runs over every chunk of every row in
 // parallel, and the chunks' maxima and sums are combined per row in chunk order. Saved statistics
 // are not used here: recomputing them gives the same values, and the probability-target gradient
-// needs the chunk sums anyway.
+// needs the chunk sums anyway. A staged call reads each chunk into its thread's buffer in each phase.
 template <typename T>
 void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int threads) {
     const CrossEntropyProblem<T>& p = ctx.problem;
@@ -272,23 +277,38 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
     double* chunk_total = chunk_dot + items;
     RowStats stats[kSplitMaxRows];
     double total[kSplitMaxRows];
-    double target_logit[kSplitMaxRows];  // read before the gradient may overwrite the logits (out=input)
+    // Read before the gradient may overwrite the logits (out=input): the target's logit, and its
+    // cap's slope.
+    double target_logit[kSplitMaxRows];
+    T target_slope[kSplitMaxRows];
     const bool index_targets = p.target_index != nullptr;
     const bool smoothed_loss = index_targets && ctx.smoothing > 0.0 && ctx.needs_loss;
+    const bool staged = ctx.logits.staged();
+    const bool capped = p.softcap != 0.0;
+    const std::int64_t per_thread = staged ? staging_size(p.view, capped) : 0;
 
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
+        const StagingBuffers<T> buffer = staged ? thread_staging(p.staging, per_thread, capped)
+                                                : StagingBuffers<T>{nullptr, nullptr};
+        // The logits of a chunk, staged or in place.
+        auto chunk_logits = [&](std::int64_t row, std::int64_t first, std::int64_t count, bool with_slope) {
+            const std::int64_t offset = row * p.view.outer_stride + first;
+            if (!staged) return p.input + offset;
+            ctx.logits.load(offset, count, buffer.values, with_slope ? buffer.slope : nullptr);
+            return static_cast<const T*>(buffer.values);
+        };
 #pragma omp for schedule(static)
         for (std::int64_t item = 0; item < items; ++item) {
             const auto [row, first, count] = split_chunk(item, chunks, classes);
-            chunk_max[item] = ctx.ignored(row) ? 0.0 : static_cast<double>(row_max(p.input + row * p.view.outer_stride + first, count));
+            chunk_max[item] = ctx.ignored(row) ? 0.0 : static_cast<double>(row_max(chunk_logits(row, first, count, false), count));
         }
 #pragma omp for schedule(static)
         for (std::int64_t item = 0; item < items; ++item) {
             const auto [row, first, count] = split_chunk(item, chunks, classes);
             if (ctx.ignored(row)) continue;
             const double max = split_row_max(chunk_max, row, chunks);
-            const T* x = p.input + row * p.view.outer_stride + first;
+            const T* x = chunk_logits(row, first, count, false);
             const T shift = static_cast<T>(max);
             chunk_sum[item] = row_sum_exp(x, count, shift);
             if (smoothed_loss) chunk_dot[item] = row_weighted_sum(x, p.weight == nullptr ? nullptr : p.weight + first, count, shift);
@@ -315,7 +335,9 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
                 if (p.save_stats != nullptr) p.save_stats[row] = stats[row];
                 if (index_targets) {
                     const std::int64_t t = p.target_index[row];
-                    target_logit[row] = static_cast<double>(p.input[row * p.view.outer_stride + t]);
+                    T logit;
+                    ctx.logits.load(row * p.view.outer_stride + t, 1, &logit, &target_slope[row]);
+                    target_logit[row] = static_cast<double>(logit);
                     loss = ctx.index_loss(stats[row], target_logit[row], ctx.class_weight(t), dot);
                 } else {
                     loss = -(dot - total[row] * stats[row].log_sum);
@@ -324,16 +346,17 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
             if (p.row_loss != nullptr) p.row_loss[row] = static_cast<T>(loss);
             if (p.partial_sums != nullptr) p.partial_sums[row] = loss;
         }
-        if (p.grad != nullptr) {
+        if (ctx.grad.present()) {
 #pragma omp for schedule(static)
             for (std::int64_t item = 0; item < items; ++item) {
                 const auto [row, first, count] = split_chunk(item, chunks, classes);
-                T* grad = p.grad + row * classes + first;
+                const std::int64_t offset = row * classes + first;
                 if (ctx.ignored(row)) {
-                    for (std::int64_t c = 0; c < count; ++c) grad[c] = T(0);
+                    ctx.grad.zero(offset, count);
                     continue;
                 }
-                const T* x = p.input + row * p.view.outer_stride + first;
+                const T* x = chunk_logits(row, first, count, true);
+                T* grad = staged ? buffer.values : p.grad + offset;
                 const T* weight = p.weight == nullptr ? nullptr : p.weight + first;
                 const double scale = ctx.row_scale(row);
                 if (index_targets) {
@@ -343,21 +366,62 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
                 } else {
                     ProbabilityWeights<T> u = ctx.probability;
                     u.weight = weight;
-                    write_probability_grad(x, p.target_prob + row * classes + first, u, grad, count, stats[row],
+                    write_probability_grad(x, p.target_prob + offset, u, grad, count, stats[row],
                                            static_cast<T>(total[row] + ctx.z_loss_a(stats[row])), static_cast<T>(scale));
                 }
+                if (staged) ctx.grad.store(offset, grad, buffer.slope, count);
             }
             if (index_targets) {
 #pragma omp single
                 for (std::int64_t row = 0; row < rows; ++row) {
                     if (ctx.ignored(row)) continue;
                     const std::int64_t t = p.target_index[row];
-                    p.grad[row * classes + t] =
-                        static_cast<T>(ctx.target_grad(stats[row], target_logit[row], t, ctx.row_scale(row)));
+                    const T value = static_cast<T>(ctx.target_grad(stats[row], target_logit[row], t, ctx.row_scale(row)));
+                    ctx.grad.store(row * classes + t, &value, capped ? &target_slope[row] : nullptr, 1);
                 }
             }
         }
     }
+}
+
+// One work item of a staged call: each row (rows), tile (columns) or transposed tile (small_rows)
+// is read into the thread's staging buffer, computed there, and its gradient stored from there.
+template <typename T>
+double loss_item_staged(const LossContext<T>& ctx, const WorkPlan& plan, const ItemRows& range,
+                        const StagingBuffers<T>& buffer) {
+    const CrossEntropyProblem<T>& p = ctx.problem;
+    const ClassAxisView& view = p.view;
+    const std::int64_t classes = ctx.classes;
+    const bool has_grad = ctx.grad.present();
+    T* values = buffer.values;
+    T* slope = has_grad ? buffer.slope : nullptr;
+    T* grad = has_grad ? values : nullptr;
+    double item_sum = 0.0;
+    if (plan.strategy == Strategy::rows) {
+        for (std::int64_t row = range.first; row < range.last; ++row) {
+            ctx.logits.load(row * view.outer_stride, classes, values, slope);
+            item_sum += loss_row(ctx, values, row, grad);
+            if (has_grad) ctx.grad.store(row * classes, values, slope, classes);
+        }
+    } else if (plan.strategy == Strategy::columns) {
+        const std::int64_t dense_offset = range.outer * classes * view.inner + range.lane0;
+        ctx.logits.load_tile(range.outer * view.outer_stride + range.lane0, view.class_stride, classes, range.lanes,
+                             values, slope);
+        item_sum = loss_tile(ctx, values, kTileLanes, p.target_prob == nullptr ? nullptr : p.target_prob + dense_offset,
+                             view.inner, grad, kTileLanes, range.first, range.lanes);
+        if (has_grad) ctx.grad.store_tile(dense_offset, view.inner, values, slope, classes, range.lanes);
+    } else {
+        T tile_target[kSmallClasses * kTileLanes];
+        ctx.logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, values,
+                                   slope);
+        if (p.target_prob != nullptr) {
+            transpose_into_tile(p.target_prob + range.first * classes, classes, classes, range.lanes, tile_target);
+        }
+        item_sum = loss_tile(ctx, values, kTileLanes, tile_target, kTileLanes, grad, kTileLanes, range.first,
+                             range.lanes);
+        if (has_grad) ctx.grad.store_transposed(range.first * classes, values, slope, classes, range.lanes);
+    }
+    return item_sum;
 }
 
 template <typename T>
@@ -367,46 +431,62 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
     const std::int64_t rows = view.rows();
     const std::int64_t classes = view.classes;
     const LossContext<T> ctx(problem);
+    const bool staged = ctx.logits.staged();
+    const bool capped = problem.softcap != 0.0;
+    // A staged call never runs more threads than it has staging buffers.
+    auto thread_count = [&](std::int64_t items) {
+        const int threads = threads_for(items, view.size());
+        return staged && threads > problem.staging_threads ? problem.staging_threads : threads;
+    };
     const std::int64_t chunks = problem.workspace == nullptr ? 0 : split_chunks(view);
     if (chunks > 0) {
-        cross_entropy_split(ctx, chunks, threads_for(rows * chunks, view.size()));
+        cross_entropy_split(ctx, chunks, thread_count(rows * chunks));
         return;
     }
-    const int threads = threads_for(plan.items, view.size());
+    const int threads = thread_count(plan.items);
+    const std::int64_t per_thread = staged ? staging_size(view, capped) : 0;
 
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (std::int64_t item = 0; item < plan.items; ++item) {
-        double item_sum = 0.0;
-        const ItemRows range = item_rows(plan, view, item);
-        if (plan.strategy == Strategy::rows) {
-            for (std::int64_t row = range.first; row < range.last; ++row) {
-                item_sum += loss_row(ctx, problem.input + row * view.outer_stride, row);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        const StagingBuffers<T> buffer = staged ? thread_staging(problem.staging, per_thread, capped)
+                                                : StagingBuffers<T>{nullptr, nullptr};
+#pragma omp for schedule(static)
+        for (std::int64_t item = 0; item < plan.items; ++item) {
+            double item_sum = 0.0;
+            const ItemRows range = item_rows(plan, view, item);
+            if (staged) {
+                item_sum = loss_item_staged(ctx, plan, range, buffer);
+            } else if (plan.strategy == Strategy::rows) {
+                for (std::int64_t row = range.first; row < range.last; ++row) {
+                    item_sum += loss_row(ctx, problem.input + row * view.outer_stride, row,
+                                         problem.grad == nullptr ? nullptr : problem.grad + row * classes);
+                }
+            } else if (plan.strategy == Strategy::columns) {
+                const std::int64_t outer = range.outer;
+                const std::int64_t lane0 = range.lane0;
+                const std::int64_t lanes = range.lanes;
+                const std::int64_t dense_offset = outer * classes * view.inner + lane0;
+                item_sum = loss_tile(ctx, problem.input + outer * view.outer_stride + lane0, view.class_stride,
+                                     problem.target_prob == nullptr ? nullptr : problem.target_prob + dense_offset,
+                                     view.inner, problem.grad == nullptr ? nullptr : problem.grad + dense_offset,
+                                     view.inner, outer * view.inner + lane0, lanes);
+            } else {
+                const std::int64_t first = range.first;
+                const std::int64_t lanes = range.lanes;
+                T tile_in[kSmallClasses * kTileLanes];
+                T tile_target[kSmallClasses * kTileLanes];
+                T tile_grad[kSmallClasses * kTileLanes];
+                transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
+                                    tile_in);
+                if (problem.target_prob != nullptr) {
+                    transpose_into_tile(problem.target_prob + first * classes, classes, classes, lanes, tile_target);
+                }
+                item_sum = loss_tile(ctx, tile_in, kTileLanes, tile_target, kTileLanes,
+                                     problem.grad == nullptr ? nullptr : tile_grad, kTileLanes, first, lanes);
+                if (problem.grad != nullptr) transpose_from_tile(tile_grad, classes, lanes, problem.grad + first * classes);
             }
-        } else if (plan.strategy == Strategy::columns) {
-            const std::int64_t outer = range.outer;
-            const std::int64_t lane0 = range.lane0;
-            const std::int64_t lanes = range.lanes;
-            const std::int64_t dense_offset = outer * classes * view.inner + lane0;
-            item_sum = loss_tile(ctx, problem.input + outer * view.outer_stride + lane0, view.class_stride,
-                                 problem.target_prob == nullptr ? nullptr : problem.target_prob + dense_offset,
-                                 view.inner, problem.grad == nullptr ? nullptr : problem.grad + dense_offset,
-                                 view.inner, outer * view.inner + lane0, lanes);
-        } else {
-            const std::int64_t first = range.first;
-            const std::int64_t lanes = range.lanes;
-            T tile_in[kSmallClasses * kTileLanes];
-            T tile_target[kSmallClasses * kTileLanes];
-            T tile_grad[kSmallClasses * kTileLanes];
-            transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
-                                tile_in);
-            if (problem.target_prob != nullptr) {
-                transpose_into_tile(problem.target_prob + first * classes, classes, classes, lanes, tile_target);
-            }
-            item_sum = loss_tile(ctx, tile_in, kTileLanes, tile_target, kTileLanes,
-                                 problem.grad == nullptr ? nullptr : tile_grad, kTileLanes, first, lanes);
-            if (problem.grad != nullptr) transpose_from_tile(tile_grad, classes, lanes, problem.grad + first * classes);
+            if (problem.partial_sums != nullptr) problem.partial_sums[item] = item_sum;
         }
-        if (problem.partial_sums != nullptr) problem.partial_sums[item] = item_sum;
     }
 }
 

@@ -10,14 +10,11 @@
 #include <cstddef>
 #include <cstdint>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "kernels.h"
 #include "parallel.h"
 #include "row_engine.h"
 #include "score.h"
+#include "staging.h"
 
 namespace fastxent {
 namespace FASTXENT_ISA {
@@ -121,17 +118,46 @@ void score_tile(const ScoreProblem<T>& p, const T* x, std::int64_t stride, std::
     }
 }
 
+// One work item of a call on 16-bit logits: each row, tile or transposed tile is read into the
+// thread's staging buffer and scored there.
+template <typename T>
+void score_item_staged(const ScoreProblem<T>& problem, const Logits<T>& logits, const WorkPlan& plan,
+                       const ItemRows& range, T* buffer) {
+    const ClassAxisView& view = problem.view;
+    const std::int64_t classes = view.classes;
+    if (plan.strategy == Strategy::rows) {
+        for (std::int64_t row = range.first; row < range.last; ++row) {
+            logits.load(row * view.outer_stride, classes, buffer, nullptr);
+            score_whole_row(problem, buffer, row);
+        }
+    } else if (plan.strategy == Strategy::columns) {
+        logits.load_tile(range.outer * view.outer_stride + range.lane0, view.class_stride, classes, range.lanes,
+                         buffer, nullptr);
+        score_tile(problem, buffer, kTileLanes, range.first, range.lanes);
+    } else {
+        logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, buffer,
+                               nullptr);
+        score_tile(problem, buffer, kTileLanes, range.first, range.lanes);
+    }
+}
+
 template <typename T>
 void score_kernel(const ScoreProblem<T>& problem) {
     const ClassAxisView& view = problem.view;
     const WorkPlan plan = plan_work(view);
     const std::int64_t classes = view.classes;
-    const int threads = threads_for(plan.items, view.size());
+    const Logits<T> logits{problem.input, problem.input_half, problem.half_format, 0.0};
+    const bool staged = logits.staged();
+    int threads = threads_for(plan.items, view.size());
+    if (staged && threads > problem.staging_threads) threads = problem.staging_threads;
+    const std::int64_t per_thread = staged ? staging_size(view, false, false) : 0;
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (std::int64_t item = 0; item < plan.items; ++item) {
         const ItemRows range = item_rows(plan, view, item);
-        if (plan.strategy == Strategy::rows) {
+        if (staged) {
+            score_item_staged(problem, logits, plan, range, problem.staging + current_thread() * per_thread);
+        } else if (plan.strategy == Strategy::rows) {
             const std::int64_t first = range.first;
             const std::int64_t last = range.last;
             for (std::int64_t row = first; row < last; ++row) {
@@ -160,14 +186,6 @@ struct RowBuffers {
     ~RowBuffers() { delete[] data; }
 };
 
-int current_thread() {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 // Note: spans read only their rows. Each covered row is scored once, however many spans hold it, into
 // per-row scratch; each span then adds its rows' log-probabilities in row order (in double), so the
 // result depends neither on the thread count nor on the other spans. Rows outside every span are
@@ -177,7 +195,8 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
     const ClassAxisView& view = problem.view;
     const std::int64_t rows = view.rows();
     const std::int64_t classes = view.classes;
-    const bool contiguous = view.inner == 1;
+    const Logits<T> logits{problem.input, problem.input_half, problem.half_format, 0.0};
+    const bool contiguous = view.inner == 1 && !logits.staged();
 
     std::int64_t rows_per_item = classes > 0 ? kSpanItemElements / classes : kSpanItemElements;
     if (rows_per_item < 1) rows_per_item = 1;
@@ -198,9 +217,12 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
                 const T* x = nullptr;
                 if (contiguous) {
                     x = problem.input + row * view.outer_stride;
+                } else if (view.inner == 1) {
+                    logits.load(row * view.outer_stride, classes, buffer, nullptr);
+                    x = buffer;
                 } else {
-                    const T* source = problem.input + (row / view.inner) * view.outer_stride + row % view.inner;
-                    for (std::int64_t c = 0; c < classes; ++c) buffer[c] = source[c * view.class_stride];
+                    const std::int64_t source = (row / view.inner) * view.outer_stride + row % view.inner;
+                    for (std::int64_t c = 0; c < classes; ++c) buffer[c] = logits.at(source + c * view.class_stride);
                     x = buffer;
                 }
                 const RowScore<T> score = score_row(x, classes);

@@ -24,6 +24,12 @@ struct ScoreProblem {
     T* lse = nullptr;            // logsumexp
     std::int64_t* argmax = nullptr;  // first index of the max; the first NaN if the row has one
     T* entropy = nullptr;        // entropy of the softmax, in nats
+
+    // 16-bit logits, read instead of `input` (T is float), through the staging buffer (kernels.h).
+    const std::uint16_t* input_half = nullptr;
+    HalfFormat half_format = HalfFormat::float16;
+    T* staging = nullptr;
+    int staging_threads = 0;
 };
 
 // Spans of rows (rows in C order of the view: row = outer * inner + inner position). Only the rows
@@ -37,6 +43,9 @@ struct ScoreSpansProblem {
     const std::int64_t* starts = nullptr;      // (spans), validated: 0 <= start <= start + length <= rows
     const std::int64_t* lengths = nullptr;     // (spans)
     std::int64_t spans = 0;
+    // 16-bit logits, read instead of `input` (T is float); the kernel makes its own row buffers.
+    const std::uint16_t* input_half = nullptr;
+    HalfFormat half_format = HalfFormat::float16;
 
     // Scratch of (rows) entries, written for covered rows only.
     double* row_logprob = nullptr;

@@ -1,24 +1,27 @@
 // log_softmax, softmax and logsumexp over the class axis. Compiled once per instruction set
 // (FASTXENT_ISA names the namespace; see CMakeLists.txt).
+#include <cmath>
+
 #include "kernels.h"
 #include "parallel.h"
 #include "row_engine.h"
+#include "staging.h"
 
 namespace fastxent {
 namespace FASTXENT_ISA {
 namespace {
 
-// One contiguous row: statistics, then the output row (or its logsumexp).
+// One contiguous row: statistics, then the output row `out` (which may be `x`), or its logsumexp.
 template <typename T>
-void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row) {
+void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row, T* out) {
     const std::int64_t classes = problem.view.classes;
     const RowStats stats = row_stats(x, classes);
     switch (problem.op) {
         case SoftmaxOp::log_softmax:
-            write_log_softmax(x, problem.output + row * classes, classes, stats);
+            write_log_softmax(x, out, classes, stats);
             break;
         case SoftmaxOp::softmax:
-            write_softmax(x, problem.output + row * classes, classes, stats);
+            write_softmax(x, out, classes, stats);
             break;
         case SoftmaxOp::logsumexp:
             problem.output[row] = static_cast<T>(logsumexp_from_stats(stats, x, 1, classes));
@@ -57,9 +60,11 @@ void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t cl
 }
 
 // Rows cut into chunks (kernels.h, kSplitClasses): max, sums and outputs each run over every chunk of
-// every row in parallel; the chunks' maxima and sums are combined per row in chunk order.
+// every row in parallel; the chunks' maxima and sums are combined per row in chunk order. A staged
+// call reads each chunk into its thread's buffer in each phase.
 template <typename T>
-void softmax_split(const SoftmaxProblem<T>& problem, std::int64_t chunks, int threads) {
+void softmax_split(const SoftmaxProblem<T>& problem, const Logits<T>& logits, const Destination<T>& output,
+                   std::int64_t chunks, int threads) {
     const ClassAxisView& view = problem.view;
     const std::int64_t rows = view.rows();
     const std::int64_t classes = view.classes;
@@ -67,42 +72,97 @@ void softmax_split(const SoftmaxProblem<T>& problem, std::int64_t chunks, int th
     double* chunk_max = problem.workspace;
     double* chunk_sum = chunk_max + items;
     RowStats stats[kSplitMaxRows];
+    const bool staged = logits.staged();
+    const std::int64_t per_thread = staged ? staging_size(view, false) : 0;
 
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
+        T* buffer = staged ? thread_staging(problem.staging, per_thread, false).values : nullptr;
+        auto chunk_logits = [&](std::int64_t row, std::int64_t first, std::int64_t count) {
+            const std::int64_t offset = row * view.outer_stride + first;
+            if (!staged) return problem.input + offset;
+            logits.load(offset, count, buffer, nullptr);
+            return static_cast<const T*>(buffer);
+        };
 #pragma omp for schedule(static)
         for (std::int64_t item = 0; item < items; ++item) {
             const auto [row, first, count] = split_chunk(item, chunks, classes);
-            chunk_max[item] = static_cast<double>(row_max(problem.input + row * view.outer_stride + first, count));
+            chunk_max[item] = static_cast<double>(row_max(chunk_logits(row, first, count), count));
         }
 #pragma omp for schedule(static)
         for (std::int64_t item = 0; item < items; ++item) {
             const auto [row, first, count] = split_chunk(item, chunks, classes);
             const double max = split_row_max(chunk_max, row, chunks);
-            chunk_sum[item] = row_sum_exp(problem.input + row * view.outer_stride + first, count, static_cast<T>(max));
+            chunk_sum[item] = row_sum_exp(chunk_logits(row, first, count), count, static_cast<T>(max));
         }
 #pragma omp single
         for (std::int64_t row = 0; row < rows; ++row) {
             double sum = 0.0;
             for (std::int64_t c = 0; c < chunks; ++c) sum += chunk_sum[row * chunks + c];
             stats[row] = RowStats{split_row_max(chunk_max, row, chunks), std::log(sum)};
-            if (problem.op == SoftmaxOp::logsumexp) {
-                problem.output[row] = static_cast<T>(
-                    logsumexp_from_stats(stats[row], problem.input + row * view.outer_stride, 1, classes));
+            if (problem.op != SoftmaxOp::logsumexp) continue;
+            // A row with an infinite max is NaN if it holds a NaN (see logsumexp_from_stats).
+            double result = stats[row].max + stats[row].log_sum;
+            if (std::isinf(stats[row].max)) {
+                result = stats[row].max;
+                for (std::int64_t first = 0; first < classes; first += kSplitChunk) {
+                    const std::int64_t count = classes - first < kSplitChunk ? classes - first : kSplitChunk;
+                    const double chunk = logsumexp_from_stats(stats[row], chunk_logits(row, first, count), 1, count);
+                    if (std::isnan(chunk)) result = chunk;
+                }
             }
+            problem.output[row] = static_cast<T>(result);
         }
         if (problem.op != SoftmaxOp::logsumexp) {
 #pragma omp for schedule(static)
             for (std::int64_t item = 0; item < items; ++item) {
                 const auto [row, first, count] = split_chunk(item, chunks, classes);
-                const T* x = problem.input + row * view.outer_stride + first;
-                T* out = problem.output + row * classes + first;
+                const T* x = chunk_logits(row, first, count);
+                const std::int64_t offset = row * classes + first;
+                T* out = staged ? buffer : problem.output + offset;
                 if (problem.op == SoftmaxOp::log_softmax) {
                     write_log_softmax(x, out, count, stats[row]);
                 } else {
                     write_softmax(x, out, count, stats[row]);
                 }
+                if (staged) output.store(offset, out, nullptr, count);
             }
+        }
+    }
+}
+
+// One work item of a staged call (16-bit logits): each row, tile or transposed tile is read into the
+// thread's staging buffer, computed there in place, and stored from there.
+template <typename T>
+void softmax_item_staged(const SoftmaxProblem<T>& problem, const Logits<T>& logits, const Destination<T>& output,
+                         const WorkPlan& plan, const ItemRows& range, T* buffer) {
+    const ClassAxisView& view = problem.view;
+    const std::int64_t classes = view.classes;
+    const bool reduces = problem.op == SoftmaxOp::logsumexp;
+    if (plan.strategy == Strategy::rows) {
+        for (std::int64_t row = range.first; row < range.last; ++row) {
+            logits.load(row * view.outer_stride, classes, buffer, nullptr);
+            softmax_row(problem, buffer, row, buffer);
+            if (!reduces) output.store(row * classes, buffer, nullptr, classes);
+        }
+    } else if (plan.strategy == Strategy::columns) {
+        logits.load_tile(range.outer * view.outer_stride + range.lane0, view.class_stride, classes, range.lanes,
+                         buffer, nullptr);
+        if (reduces) {
+            softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, problem.output + range.first, 0);
+        } else {
+            softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, buffer, kTileLanes);
+            output.store_tile(range.outer * classes * view.inner + range.lane0, view.inner, buffer, nullptr, classes,
+                              range.lanes);
+        }
+    } else {
+        logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, buffer,
+                               nullptr);
+        if (reduces) {
+            softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, problem.output + range.first, 0);
+        } else {
+            softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, buffer, kTileLanes);
+            output.store_transposed(range.first * classes, buffer, nullptr, classes, range.lanes);
         }
     }
 }
@@ -114,40 +174,55 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
     const std::int64_t rows = view.rows();
     const std::int64_t classes = view.classes;
     const bool reduces = problem.op == SoftmaxOp::logsumexp;
+    const Logits<T> logits{problem.input, problem.input_half, problem.half_format, 0.0};
+    const Destination<T> output{problem.output, problem.output_half, problem.half_format};
+    const bool staged = logits.staged();
+    auto thread_count = [&](std::int64_t items) {
+        const int threads = threads_for(items, view.size());
+        return staged && threads > problem.staging_threads ? problem.staging_threads : threads;
+    };
     const std::int64_t chunks = problem.workspace == nullptr ? 0 : split_chunks(view);
     if (chunks > 0) {
-        softmax_split(problem, chunks, threads_for(rows * chunks, view.size()));
+        softmax_split(problem, logits, output, chunks, thread_count(rows * chunks));
         return;
     }
-    const int threads = threads_for(plan.items, view.size());
+    const int threads = thread_count(plan.items);
+    const std::int64_t per_thread = staged ? staging_size(view, false) : 0;
 
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (std::int64_t item = 0; item < plan.items; ++item) {
-        const ItemRows range = item_rows(plan, view, item);
-        if (plan.strategy == Strategy::rows) {
-            for (std::int64_t row = range.first; row < range.last; ++row) {
-                softmax_row(problem, problem.input + row * view.outer_stride, row);
-            }
-        } else if (plan.strategy == Strategy::columns) {
-            const std::int64_t outer = range.outer;
-            const std::int64_t lane0 = range.lane0;
-            const std::int64_t lanes = range.lanes;
-            const T* x = problem.input + outer * view.outer_stride + lane0;
-            T* out = reduces ? problem.output + outer * view.inner + lane0
-                             : problem.output + outer * classes * view.inner + lane0;
-            softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner);
-        } else {
-            const std::int64_t first = range.first;
-            const std::int64_t lanes = range.lanes;
-            T tile_in[kSmallClasses * kTileLanes];
-            T tile_out[kSmallClasses * kTileLanes];
-            transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
-                                tile_in);
-            if (reduces) {
-                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, problem.output + first, 0);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        T* buffer = staged ? thread_staging(problem.staging, per_thread, false).values : nullptr;
+#pragma omp for schedule(static)
+        for (std::int64_t item = 0; item < plan.items; ++item) {
+            const ItemRows range = item_rows(plan, view, item);
+            if (staged) {
+                softmax_item_staged(problem, logits, output, plan, range, buffer);
+            } else if (plan.strategy == Strategy::rows) {
+                for (std::int64_t row = range.first; row < range.last; ++row) {
+                    const T* x = problem.input + row * view.outer_stride;
+                    softmax_row(problem, x, row, reduces ? nullptr : problem.output + row * classes);
+                }
+            } else if (plan.strategy == Strategy::columns) {
+                const std::int64_t outer = range.outer;
+                const std::int64_t lane0 = range.lane0;
+                const std::int64_t lanes = range.lanes;
+                const T* x = problem.input + outer * view.outer_stride + lane0;
+                T* out = reduces ? problem.output + outer * view.inner + lane0
+                                 : problem.output + outer * classes * view.inner + lane0;
+                softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner);
             } else {
-                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, tile_out, kTileLanes);
-                transpose_from_tile(tile_out, classes, lanes, problem.output + first * classes);
+                const std::int64_t first = range.first;
+                const std::int64_t lanes = range.lanes;
+                T tile_in[kSmallClasses * kTileLanes];
+                T tile_out[kSmallClasses * kTileLanes];
+                transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
+                                    tile_in);
+                if (reduces) {
+                    softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, problem.output + first, 0);
+                } else {
+                    softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, tile_out, kTileLanes);
+                    transpose_from_tile(tile_out, classes, lanes, problem.output + first * classes);
+                }
             }
         }
     }

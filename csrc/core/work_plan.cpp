@@ -22,6 +22,16 @@ WorkPlan plan_work(const ClassAxisView& view) {
     return WorkPlan{Strategy::rows, rows_per_item, ceil_div(view.rows(), rows_per_item)};
 }
 
+std::int64_t staging_size(const ClassAxisView& view, bool capped, bool split) {
+    std::int64_t size = view.classes;
+    if (split && split_chunks(view) > 0) {
+        size = kSplitChunk;
+    } else if (plan_work(view).strategy != Strategy::rows) {
+        size = view.classes * kTileLanes;
+    }
+    return capped ? 2 * size : size;
+}
+
 std::int64_t split_chunks(const ClassAxisView& view) {
     if (view.inner != 1 || view.classes < kSplitClasses || view.rows() > kSplitMaxRows) return 0;
     return ceil_div(view.classes, kSplitChunk);

@@ -1,7 +1,7 @@
 """Argument normalisation shared by the public functions.
 
-Everything here turns what the caller passed into what ``_core`` takes: float32/float64 arrays, the
-class axis as an (outer, classes, inner) view with element strides, int64 index targets, and
+Everything here turns what the caller passed into what ``_core`` takes: float32/float64 arrays
+(16-bit logits as their uint16 bits, with a format code), the class axis as an (outer, classes, inner) view with element strides, int64 index targets, and
 validated options. Every check of SPEC's error table that does not need to look at every element is
 made here, before any output is written; target values are checked by ``_core``, also before writing.
 """
@@ -14,6 +14,8 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from . import _core
+
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 SOFTMAX_OPS = {"log_softmax": 0, "softmax": 1, "logsumexp": 2}
 
@@ -21,26 +23,72 @@ _FLOAT16 = np.dtype(np.float16)
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
 _INT64 = np.dtype(np.int64)
+_UINT16 = np.dtype(np.uint16)
 
 View = Tuple[int, int, int, int, int]
 
 
+def _bfloat16() -> np.dtype:
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise TypeError(
+            "bfloat16 logits need the ml_dtypes package for their NumPy dtype (pip install ml_dtypes)"
+        ) from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """ml_dtypes' bfloat16 (recognised by name: ml_dtypes is optional and imported only when needed)."""
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
+
+
+def _foreign(x: Any) -> Optional[np.ndarray]:
+    """A NumPy view of another library's CPU array (a torch tensor, a JAX array) through DLPack, or
+    None when ``x`` does not offer DLPack."""
+    if isinstance(x, np.ndarray) or not hasattr(type(x), "__dlpack__"):
+        return None
+    array, fmt = _core.from_dlpack(x.__dlpack__())
+    return array.view(_bfloat16()) if fmt == "bfloat16" else array
+
+
 def logits(x: Any, name: str = "input") -> Tuple[np.ndarray, np.dtype]:
-    """Returns ``(array to compute on, dtype of the results)``; float16 is computed in float32."""
-    array = x if type(x) is np.ndarray else np.asarray(x)
+    """Returns ``(array to compute on, dtype of the results)``: float16 and bfloat16 arrays are read
+    as they are (the kernels compute on them in float32; see ``core_array``). A CPU tensor of another
+    library is viewed through DLPack, without a copy."""
+    array = x if type(x) is np.ndarray else _foreign(x)
+    if array is None:
+        array = np.asarray(x)
     dtype = array.dtype
     if not dtype.isnative:
         dtype = dtype.newbyteorder("=")
         array = array.astype(dtype)
-    if dtype == _FLOAT32 or dtype == _FLOAT64:
-        result = array
-    elif dtype == _FLOAT16:
-        result = array.astype(_FLOAT32)
-    else:
-        raise TypeError(f"{name} must be an array of float16, float32 or float64 values, got dtype {dtype}")
+    if not (dtype == _FLOAT32 or dtype == _FLOAT64 or dtype == _FLOAT16 or is_bfloat16(dtype)):
+        raise TypeError(
+            f"{name} must be an array of float16, bfloat16, float32 or float64 values, got dtype {dtype}"
+        )
     if array.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
-    return result, dtype
+    return array, dtype
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype the kernels compute in: float32 for 16-bit logits."""
+    return _FLOAT32 if dtype.itemsize == 2 else dtype
+
+
+def half_code(dtype: np.dtype) -> int:
+    """``_core``'s code for 16-bit floats: 0 float16, 1 bfloat16, -1 for anything else."""
+    if dtype == _FLOAT16:
+        return 0
+    return 1 if is_bfloat16(dtype) else -1
+
+
+def core_array(array: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """``array`` as ``_core`` takes it: 16-bit floats as their bits (uint16), without a copy."""
+    if array is None or array.dtype.itemsize != 2:
+        return array
+    return array.view(_UINT16)
 
 
 def class_axis(ndim: int, axis: Any, pytorch_default: bool) -> int:
@@ -140,6 +188,18 @@ def z_loss(value: Any) -> float:
     return number
 
 
+def softcap(value: Any) -> float:
+    """The soft cap as ``_core`` takes it: 0.0 for ``None``."""
+    if value is None:
+        return 0.0
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {value!r}")
+    number = float(value)
+    if not 0.0 < number < math.inf:  # also rejects NaN
+        raise ValueError(f"softcap must be None or a finite number > 0, got {number}")
+    return number
+
+
 def ignore(ignore_index: Any) -> int:
     if isinstance(ignore_index, (bool, np.bool_)):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
@@ -165,10 +225,11 @@ def class_weight(weight: Any, classes: int, dtype: np.dtype) -> Optional[np.ndar
 
 class Targets(NamedTuple):
     index: Optional[np.ndarray]  # int64, C-contiguous, the row shape
-    probability: Optional[np.ndarray]  # the input's dtype, C-contiguous, the input's shape
+    probability: Optional[np.ndarray]  # the compute dtype, C-contiguous, the input's shape
 
 
-def targets(target: Any, x: np.ndarray, axis: int, original_shape: Tuple[int, ...]) -> Targets:
+def targets(target: Any, dtype: np.dtype, axis: int, original_shape: Tuple[int, ...]) -> Targets:
+    """Class indices as int64, or class probabilities in ``dtype`` (the dtype the kernels compute in)."""
     array = target if type(target) is np.ndarray else np.asarray(target)
     kind = array.dtype.kind
     row_shape = original_shape[:axis] + original_shape[axis + 1 :]
@@ -192,24 +253,30 @@ def targets(target: Any, x: np.ndarray, axis: int, original_shape: Tuple[int, ..
                 f"target shape {array.shape} does not match input shape {original_shape}: class "
                 f"probabilities need the input's shape"
             )
-        return Targets(None, np.ascontiguousarray(array, dtype=x.dtype))
+        return Targets(None, np.ascontiguousarray(array, dtype=dtype))
     raise TypeError(
         f"target must hold class indices (an integer dtype) or class probabilities (a float dtype), got dtype {array.dtype}"
     )
 
 
 def output(
-    out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Tuple[Any, ...], in_place: Any = None
+    out: Any,
+    shape: Tuple[int, ...],
+    dtype: np.dtype,
+    inputs: Tuple[Any, ...],
+    in_place: Any = None,
+    also: Optional[np.dtype] = None,
 ) -> np.ndarray:
-    """Checks an ``out=`` array: C-contiguous, writeable, exactly ``shape`` and ``dtype``, and not
+    """Checks an ``out=`` array: C-contiguous, writeable, exactly ``shape`` and ``dtype`` (or ``also``), and not
     overlapping any input, except that it may be ``in_place`` itself (the logits): every kernel reads
     an element, or its row's statistics, before it writes the same element."""
     if not isinstance(out, np.ndarray):
         raise ValueError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:
         raise ValueError(f"out has shape {out.shape}, expected {shape}")
-    if out.dtype != dtype:
-        raise ValueError(f"out has dtype {out.dtype}, expected {dtype}")
+    if out.dtype != dtype and (also is None or out.dtype != also):
+        expected = f"{dtype} or {also}" if also is not None else f"{dtype}"
+        raise ValueError(f"out has dtype {out.dtype}, expected {expected}")
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
     if not out.flags.writeable:

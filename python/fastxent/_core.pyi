@@ -3,6 +3,9 @@
 #
 # view: (outer, classes, inner, outer_stride, class_stride), element strides of the class-axis view.
 # Output arrays are C-contiguous, writeable and of the documented size; they are filled in place.
+# half: 16-bit logits handed over as their bits (a uint16 array): 0 float16, 1 bfloat16, -1 none.
+# They are computed in float32: every other float array of the call is then float32, except the
+# outputs of the logits' size (out=, grad), which may be uint16 in the same 16-bit format.
 
 from typing import Any, Dict, Optional, Tuple
 
@@ -18,7 +21,7 @@ def cpu_info() -> Dict[str, Any]: ...
 # register_softmax.cpp. op: 0 log_softmax, 1 softmax, 2 logsumexp. softmax_fast: the common call
 # (class axis last, as -1 or ndim - 1, no out=) on a C-contiguous float32/float64 array, or None.
 def softmax_fast(input: Any, op: int, axis: int) -> Optional[np.ndarray]: ...
-def softmax(input: np.ndarray, view: View, op: int, out: np.ndarray) -> None: ...
+def softmax(input: np.ndarray, view: View, op: int, out: np.ndarray, half: int = -1) -> None: ...
 
 # register_loss.cpp. The default call's fast path: the mean, or None when the arguments need the
 # Python layer (anything but a C-contiguous (N, C) float32/float64 array and C-contiguous int64 (N,) targets).
@@ -42,6 +45,8 @@ def cross_entropy(
     save_stats: Optional[np.ndarray],
     saved_stats: Optional[np.ndarray],
     want_sum: bool,
+    half: int = -1,
+    softcap: float = 0.0,  # 0.0: none
 ) -> Tuple[float, float]: ...
 def nll_loss(
     input: np.ndarray,
@@ -66,6 +71,7 @@ def score(
     lse: np.ndarray,
     argmax: np.ndarray,
     entropy: np.ndarray,
+    half: int = -1,
 ) -> None: ...
 
 # target: int64 (rows); starts, lengths: int64 (spans); span_logprob: float64 (spans); span_greedy: bool (spans).
@@ -77,4 +83,10 @@ def score_spans(
     lengths: np.ndarray,
     span_logprob: np.ndarray,
     span_greedy: np.ndarray,
+    half: int = -1,
 ) -> None: ...
+
+# register_dlpack.cpp. A consumed DLPack capsule ("dltensor", from obj.__dlpack__()) of a CPU array as
+# (NumPy array viewing its memory, format): format is "float32", "float64", "float16", or "bfloat16"
+# (the array then holds the bits as uint16).
+def from_dlpack(capsule: Any) -> Tuple[np.ndarray, str]: ...

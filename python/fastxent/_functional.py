@@ -25,22 +25,21 @@ def _softmax_family(x: ArrayLike, axis: Any, op: str, out: Optional[np.ndarray])
     if out is not None:
         args.output(out, shape, dtype, (x, array), in_place=x)
     array, view = args.class_view(array, axis)
-    compute_dtype = array.dtype
-    result = out if out is not None and dtype == compute_dtype else np.empty(shape, compute_dtype)
-    _core.softmax(array, view, args.SOFTMAX_OPS[op], result)
-    if result.dtype != dtype:
-        if out is None:
-            return result.astype(dtype)
-        out[...] = result
-        return out
-    return result
+    if op == "logsumexp":
+        result = np.empty(shape, args.compute_dtype(dtype))
+    else:
+        result = out if out is not None else np.empty(shape, dtype)
+    _core.softmax(args.core_array(array), view, args.SOFTMAX_OPS[op], args.core_array(result), args.half_code(dtype))
+    return result.astype(dtype, copy=False)
 
 
 def log_softmax(x: ArrayLike, axis: int = -1, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Log of the softmax along ``axis``: ``(x - max) - log(sum(exp(x - max)))``.
 
-    ``x`` is any array of float16, float32 or float64 (float16 is computed in float32); ``out``, if
-    given, is a C-contiguous writeable array of ``x``'s shape and dtype that receives the result.
+    ``x`` is any array of float16, bfloat16 (``ml_dtypes.bfloat16``), float32 or float64, or a CPU
+    tensor of another library (read through DLPack, without a copy); 16-bit logits are read directly
+    and computed in float32. ``out``, if given, is a C-contiguous writeable array of ``x``'s shape and
+    dtype that receives the result.
     Masked logits (``-inf``) give ``-inf``; a row of only ``-inf`` gives NaN, as in PyTorch.
     """
     return _softmax_family(x, axis, "log_softmax", out)
@@ -63,21 +62,27 @@ def logsumexp(x: ArrayLike, axis: int = -1) -> np.ndarray:
 class _Problem(NamedTuple):
     """A cross-entropy call, normalised."""
 
-    array: np.ndarray  # float32/float64, possibly strided as described by view
+    array: np.ndarray  # the logits (float16, bfloat16, float32, float64), strided as described by view
     view: args.View
     shape: Tuple[int, ...]  # the input's shape
     row_shape: Tuple[int, ...]  # the unreduced loss's shape
-    dtype: np.dtype  # the results' dtype (the input's; float16 for float16 input)
+    dtype: np.dtype  # the results' dtype: the input's
     targets: args.Targets
     weight: Optional[np.ndarray]
     ignore_index: int
     label_smoothing: float
     reduction: int
     z_loss: float
+    softcap: float  # 0.0 for none
 
     @property
     def rows(self) -> int:
         return self.view[0] * self.view[2]
+
+    @property
+    def compute(self) -> np.dtype:
+        """The dtype of the per-row results and of everything but the logits: float32 for 16-bit logits."""
+        return args.compute_dtype(self.dtype)
 
     def run(
         self,
@@ -91,7 +96,7 @@ class _Problem(NamedTuple):
         want_sum: bool = False,
     ) -> Tuple[float, float]:
         return _core.cross_entropy(
-            self.array,
+            args.core_array(self.array),
             self.view,
             self.targets.index,
             self.targets.probability,
@@ -103,10 +108,12 @@ class _Problem(NamedTuple):
             grad_output,
             grad_rows,
             row_loss,
-            grad,
+            args.core_array(grad),
             save_stats,
             saved_stats,
             want_sum,
+            args.half_code(self.dtype),
+            self.softcap,
         )
 
 
@@ -119,19 +126,22 @@ def _prepare(
     reduction: Any,
     label_smoothing: Any,
     z_loss: Any = 0.0,
+    softcap: Any = None,
 ) -> _Problem:
     array, dtype = args.logits(input)
     axis = args.class_axis(array.ndim, axis, pytorch_default=True)
     code = args.reduction_code(reduction)
     smoothing = args.smoothing(label_smoothing)
     ignore = args.ignore(ignore_index)
+    cap = args.softcap(softcap)
     shape = array.shape
-    targets = args.targets(target, array, axis, shape)
-    class_weight = args.class_weight(weight, shape[axis], array.dtype)
+    compute = args.compute_dtype(dtype)
+    targets = args.targets(target, compute, axis, shape)
+    class_weight = args.class_weight(weight, shape[axis], compute)
     array, view = args.class_view(array, axis)
     row_shape = shape[:axis] + shape[axis + 1 :]
     z = args.z_loss(z_loss) if z_loss != 0.0 else 0.0
-    return _Problem(array, view, shape, row_shape, dtype, targets, class_weight, ignore, smoothing, code, z)
+    return _Problem(array, view, shape, row_shape, dtype, targets, class_weight, ignore, smoothing, code, z, cap)
 
 
 def _z_rows(problem: _Problem, stats: np.ndarray) -> np.ndarray:
@@ -150,7 +160,7 @@ def _loss(problem: _Problem, return_z_loss: bool = False, **run_options: Any) ->
     if problem.z_loss != 0.0 and stats is None:
         stats = run_options["save_stats"] = np.zeros((problem.rows, 2), np.float64)
     if problem.reduction == args.REDUCTIONS["none"]:
-        row_loss = np.empty(problem.row_shape, problem.array.dtype)
+        row_loss = np.empty(problem.row_shape, problem.compute)
         problem.run(row_loss=row_loss, **run_options)
         if problem.z_loss == 0.0:
             z_part = np.zeros(problem.row_shape, problem.dtype) if return_z_loss else None
@@ -176,20 +186,15 @@ def _flag(value: Any) -> bool:
 def _grad_buffers(
     problem: _Problem, grad_output: Any, out: Optional[np.ndarray], inputs: Tuple[Any, ...], logits: Any
 ):
-    scalar, rows = args.grad_rows(grad_output, problem.reduction, problem.row_shape, problem.array.dtype)
+    """(scalar grad_output, per-row grad_output or None, the gradient array to fill): ``out``, or a
+    new array of the input's dtype. For 16-bit logits ``out`` may also be float32."""
+    scalar, rows = args.grad_rows(grad_output, problem.reduction, problem.row_shape, problem.compute)
     if out is not None:
         inputs = inputs + (problem.array, problem.targets.index, problem.targets.probability, problem.weight, rows)
-        args.output(out, problem.shape, problem.dtype, inputs, in_place=logits)
-    direct = out is not None and out.dtype == problem.array.dtype
-    grad = out if direct else np.empty(problem.shape, problem.array.dtype)
-    return scalar, rows, grad
-
-
-def _finish_grad(grad: np.ndarray, problem: _Problem, out: Optional[np.ndarray]) -> np.ndarray:
-    if out is not None and out is not grad:
-        out[...] = grad
-        return out
-    return grad.astype(problem.dtype, copy=False)
+        also = problem.compute if problem.compute != problem.dtype else None
+        args.output(out, problem.shape, problem.dtype, inputs, in_place=logits, also=also)
+        return scalar, rows, out
+    return scalar, rows, np.empty(problem.shape, problem.dtype)
 
 
 def cross_entropy(
@@ -203,10 +208,13 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     return_z_loss: bool = False,
+    softcap: Optional[float] = None,
 ) -> Any:
     """Softmax cross-entropy, as ``torch.nn.functional.cross_entropy``.
 
-    ``input`` holds logits (float16, float32 or float64, any layout); ``axis`` is the class axis
+    ``input`` holds logits (float16, bfloat16, float32 or float64, any layout, or a CPU tensor of
+    another library, read through DLPack without a copy; 16-bit logits are computed in float32 and
+    give results in their own dtype); ``axis`` is the class axis
     (``None``: 0 for 1-D input, else 1). ``target`` holds class indices of any integer dtype, of the
     input's shape without the class axis, or class probabilities of the input's shape. ``weight``
     is an optional 1-D array of per-class weights. Rows whose index target equals ``ignore_index``
@@ -218,6 +226,10 @@ def cross_entropy(
     z-loss), reduced like the main loss (``mean`` divides by the same denominator); with
     ``return_z_loss=True`` the result is ``(loss, z_part)``, the z-loss part on its own (it is
     included in ``loss``).
+
+    ``softcap`` > 0 passes the logits through ``softcap * tanh(input / softcap)`` first (Gemma-2's
+    logit soft-capping): the loss, its z-loss and every statistic are those of the capped logits,
+    and the gradients are with respect to ``input``.
 
     Returns a NumPy scalar of the input's dtype for ``"mean"``/``"sum"`` (accumulated in float64),
     else an array of the per-row losses. Raises ``IndexError`` for a target outside [0, C),
@@ -233,13 +245,14 @@ def cross_entropy(
         and type(z_loss) in _PLAIN_NUMBERS
         and z_loss == 0
         and return_z_loss is False
+        and softcap is None
         and type(ignore_index) is int
         and -(2**63) <= ignore_index < 2**63
     ):
         mean = _core.cross_entropy_mean_fast(input, target, ignore_index)
         if mean is not None:
             return input.dtype.type(mean)
-    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss)
+    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss, softcap)
     return _loss(problem, _flag(return_z_loss))
 
 
@@ -253,6 +266,7 @@ def cross_entropy_grad(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    softcap: Optional[float] = None,
     grad_output: ArrayLike = 1.0,
     out: Optional[np.ndarray] = None,
 ) -> np.ndarray:
@@ -260,12 +274,14 @@ def cross_entropy_grad(
 
     ``grad_output`` is the gradient flowing into the loss: a scalar, or for ``reduction="none"`` an
     array of the per-row loss shape. ``out``, if given, is a C-contiguous writeable array of the
-    input's shape and dtype, filled and returned. Nothing is written when an argument is invalid.
+    input's shape and dtype (or float32, for 16-bit logits), filled and returned. Nothing is written
+    when an argument is invalid. For 16-bit logits the gradient is computed in float32 and rounded
+    once to the logits' dtype.
     """
-    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss)
+    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss, softcap)
     scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight), input)
     problem.run(grad=grad, grad_output=scalar, grad_rows=rows)
-    return _finish_grad(grad, problem, out)
+    return grad
 
 
 def cross_entropy_with_grad(
@@ -279,16 +295,17 @@ def cross_entropy_with_grad(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     return_z_loss: bool = False,
+    softcap: Optional[float] = None,
     grad_output: ArrayLike = 1.0,
     out: Optional[np.ndarray] = None,
 ) -> Tuple[Any, np.ndarray]:
     """``(cross_entropy(...), cross_entropy_grad(...))`` from one pass over the logits: each row is
     read once, and its gradient written straight into the result (or ``out``). With
     ``return_z_loss=True`` the first element is ``(loss, z_part)``."""
-    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss)
+    problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss, softcap)
     scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight), input)
     loss = _loss(problem, _flag(return_z_loss), grad=grad, grad_output=scalar, grad_rows=rows)
-    return loss, _finish_grad(grad, problem, out)
+    return loss, grad
 
 
 def nll_loss(
@@ -303,11 +320,12 @@ def nll_loss(
     """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``:
     ``-w[t] * log_probs[t]`` per row, reduced like ``cross_entropy``. Index targets only."""
     array, dtype = args.logits(log_probs, "log_probs")
+    array = array.astype(args.compute_dtype(dtype), copy=False)
     axis = args.class_axis(array.ndim, axis, pytorch_default=True)
     code = args.reduction_code(reduction)
     ignore = args.ignore(ignore_index)
     shape = array.shape
-    targets = args.targets(target, array, axis, shape)
+    targets = args.targets(target, array.dtype, axis, shape)
     if targets.index is None:
         raise TypeError("nll_loss takes class indices (an integer dtype) as target")
     class_weight = args.class_weight(weight, shape[axis], array.dtype)

@@ -7,14 +7,15 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _arguments as args
-from ._functional import ArrayLike, _finish_grad, _flag, _grad_buffers, _loss, _prepare, _Problem
+from ._functional import ArrayLike, _flag, _grad_buffers, _loss, _prepare, _Problem
 
 
 class CrossEntropyLoss:
     """Softmax cross-entropy as a callable, like ``torch.nn.CrossEntropyLoss``, with a backward.
 
     ``loss = crit(input, target)`` (or ``crit.forward``) computes ``cross_entropy`` with the options
-    given here (``z_loss`` and ``return_z_loss`` as there); ``crit.backward(grad_output=1.0)`` returns d loss / d input of the last call. Between
+    given here (``z_loss``, ``return_z_loss`` and ``softcap`` as there); ``crit.backward(grad_output=1.0)``
+    returns d loss / d input of the last call. Between
     the two it keeps a reference to the logits (not a copy: write the next batch into the same
     buffer only after ``backward``, as with any autograd framework), a copy of the class indices and
     the per-row max and log-sum-exp (16 bytes a row), so that ``backward`` reads the logits once and
@@ -31,12 +32,15 @@ class CrossEntropyLoss:
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         return_z_loss: bool = False,
+        softcap: Optional[float] = None,
     ) -> None:
         args.reduction_code(reduction)
         args.smoothing(label_smoothing)
         args.ignore(ignore_index)
         args.z_loss(z_loss)
+        args.softcap(softcap)
         self.z_loss = z_loss
+        self.softcap = softcap
         self.return_z_loss = _flag(return_z_loss)
         self.weight = None if weight is None else np.asarray(weight)
         self.axis = axis
@@ -51,7 +55,7 @@ class CrossEntropyLoss:
         remembers what ``backward`` needs."""
         problem = _prepare(
             input, target, self.weight, self.axis, self.ignore_index, self.reduction, self.label_smoothing,
-            self.z_loss,
+            self.z_loss, self.softcap,
         )
         if problem.targets.index is not None:
             # Class indices are O(rows): keep a private copy, so that reusing the target buffer for
@@ -72,12 +76,12 @@ class CrossEntropyLoss:
             raise RuntimeError("backward() was called before forward(): there is no loss to differentiate")
         scalar, rows, grad = _grad_buffers(problem, grad_output, out, (), problem.array)
         problem.run(grad=grad, grad_output=scalar, grad_rows=rows, saved_stats=self._stats)
-        return _finish_grad(grad, problem, out)
+        return grad
 
     def __repr__(self) -> str:
         weight = None if self.weight is None else f"array(shape={self.weight.shape})"
         return (
             f"CrossEntropyLoss(weight={weight}, axis={self.axis}, ignore_index={self.ignore_index}, "
             f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
-            f"return_z_loss={self.return_z_loss})"
+            f"return_z_loss={self.return_z_loss}, softcap={self.softcap})"
         )

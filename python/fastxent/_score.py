@@ -20,7 +20,7 @@ class Score(NamedTuple):
     """Per-row statistics of ``score``. ``logprob``, ``is_greedy`` and ``rank`` have the target's
     shape; ``lse``, ``argmax`` and ``entropy`` the row shape (the logits without the class axis)."""
 
-    logprob: np.ndarray  # log_softmax at the target, in the logits' dtype (float32 for float16)
+    logprob: np.ndarray  # log_softmax at the target, in the logits' dtype (float32 for 16-bit logits)
     lse: np.ndarray  # logsumexp of the row
     argmax: np.ndarray  # int64: first index of the max; the first NaN if the row has one (numpy.argmax)
     is_greedy: np.ndarray  # bool: target == argmax
@@ -37,7 +37,8 @@ class SpanScore(NamedTuple):
 
 
 def _logits_view(logits: ArrayLike, axis: Any) -> Tuple[np.ndarray, args.View, Tuple[int, ...], Tuple[int, ...]]:
-    """(array, view, shape, row shape) of the logits, float16 computed in float32."""
+    """(array, view, shape, row shape) of the logits; 16-bit logits are read as they are and
+    computed in float32."""
     array, _ = args.logits(logits, "logits")
     axis = args.class_axis(array.ndim, axis, pytorch_default=False)
     shape = array.shape
@@ -77,7 +78,8 @@ def score(logits: ArrayLike, target: ArrayLike, *, axis: int = -1) -> Score:
     * ``entropy``: entropy of each row's softmax in nats, ``lse - sum(p * logits)``, with masked
       (``-inf``) logits contributing 0.
 
-    Floating results have the logits' dtype (float32 for float16 logits). A target outside
+    Floating results have the logits' dtype (float32 for float16 and bfloat16 logits, which are read
+    directly, without a float32 copy). A target outside
     ``[0, C)`` raises ``IndexError``, a target of the wrong shape ``ValueError``, a non-integer
     target ``TypeError``; nothing is computed before the arguments are validated.
     """
@@ -98,7 +100,7 @@ def score(logits: ArrayLike, target: ArrayLike, *, axis: int = -1) -> Score:
     if classes == 0 and rows > 0:
         raise ValueError(f"score needs at least one class, got logits of shape {shape} with an empty class axis")
     target_array = _int64(target_array, "target", classes)
-    dtype = array.dtype
+    dtype = args.compute_dtype(array.dtype)
     target_shape = target_array.shape
     logprob = np.empty(target_shape, dtype)
     is_greedy = np.empty(target_shape, np.bool_)
@@ -106,7 +108,10 @@ def score(logits: ArrayLike, target: ArrayLike, *, axis: int = -1) -> Score:
     lse = np.empty(row_shape, dtype)
     argmax = np.empty(row_shape, np.int64)
     entropy = np.empty(row_shape, dtype)
-    _core.score(array, view, target_array, candidates, logprob, is_greedy, rank, lse, argmax, entropy)
+    _core.score(
+        args.core_array(array), view, target_array, candidates, logprob, is_greedy, rank, lse, argmax, entropy,
+        args.half_code(array.dtype),
+    )
     return Score(logprob, lse, argmax, is_greedy, rank, entropy)
 
 
@@ -152,7 +157,10 @@ def score_spans(
     spans = start_array.shape[0]
     logprob = np.empty(spans, np.float64)
     is_greedy = np.empty(spans, np.bool_)
-    _core.score_spans(array, view, target_array, start_array, length_array, logprob, is_greedy)
+    _core.score_spans(
+        args.core_array(array), view, target_array, start_array, length_array, logprob, is_greedy,
+        args.half_code(array.dtype),
+    )
     return SpanScore(logprob, is_greedy, length_array.copy())
 
 

@@ -1,0 +1,265 @@
+// Staged reading of logits: 16-bit floats (float16, bfloat16) and soft-capped logits.
+//
+// The kernels compute on T (float for 16-bit logits). When the logits are stored as 16-bit floats or
+// pass through a soft cap, a kernel reads each row (or tile, or chunk) once from memory into a
+// per-thread staging buffer of T, in cache, and runs the ordinary T code on it; a gradient or output
+// goes the other way, from the staging buffer to the destination. No array of the logits' size is
+// ever made: the staging buffer holds one row, tile or chunk per thread (staging_size in kernels.h).
+//
+// Included only by the per-ISA kernel files; everything is in an anonymous namespace (see math.h).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels.h"
+#include "math.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fastxent {
+namespace {
+
+inline int current_thread() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+// Note: 16-bit conversions. Branch-free integer code (selects only) that vectorises for every
+// instruction set; exact from 16 bits to float, round to nearest even from float to 16 bits, as
+// NumPy's and ml_dtypes' casts.
+//   float16 -> float: the exponent is rebiased (15 -> 127); infinities and NaN get exponent 255;
+//   zeros and subnormals are formed as 2^-14 * (1 + m / 1024) - 2^-14, exactly, without any
+//   subnormal float (so a denormals-are-zero mode cannot change them).
+//   float -> float16: normal results have 13 mantissa bits rounded off (a carry into the exponent
+//   is the correct rounding, up to infinity from 65520 on); subnormal results are rounded by the
+//   float adder: |f| + 0.5 has an ulp of 2^-24, the float16 subnormal step, so its low bits are the
+//   rounded float16 mantissa. NaN gives the quiet NaN 0x7e00 with the sign kept.
+inline float float16_to_float(std::uint16_t h) {
+    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+    const std::uint32_t magnitude = static_cast<std::uint32_t>(h & 0x7fffu) << 13;
+    const std::uint32_t exponent = magnitude & 0x0f800000u;
+    const std::uint32_t normal = magnitude + (112u << 23);
+    const std::uint32_t special = magnitude + (224u << 23);
+    const std::uint32_t small = float_to_bits(bits_to_float(magnitude + (113u << 23)) - 6.103515625e-05f);
+    const std::uint32_t bits = exponent == 0x0f800000u ? special : exponent == 0u ? small : normal;
+    return bits_to_float(bits | sign);
+}
+
+inline std::uint16_t float_to_float16(float f) {
+    const std::uint32_t bits = float_to_bits(f);
+    const std::uint32_t sign = (bits >> 16) & 0x8000u;
+    const std::uint32_t magnitude = bits & 0x7fffffffu;
+    const std::uint32_t rebiased = magnitude - (112u << 23);
+    const std::uint32_t normal = (rebiased + 0x0fffu + ((rebiased >> 13) & 1u)) >> 13;
+    const std::uint32_t small = float_to_bits(bits_to_float(magnitude) + 0.5f) - 0x3f000000u;
+    const std::uint32_t half = magnitude > 0x7f800000u   ? 0x7e00u
+                               : magnitude >= 0x477ff000u ? 0x7c00u
+                               : magnitude >= 0x38800000u ? normal
+                                                          : small;
+    return static_cast<std::uint16_t>(half | sign);
+}
+
+inline float bfloat16_to_float(std::uint16_t h) { return bits_to_float(static_cast<std::uint32_t>(h) << 16); }
+
+inline std::uint16_t float_to_bfloat16(float f) {
+    const std::uint32_t bits = float_to_bits(f);
+    const std::uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    const std::uint32_t nan = (bits >> 16) | 0x0040u;
+    return static_cast<std::uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+// Note: soft cap. y = cap * tanh(x / cap) and its derivative dy/dx = 1 - tanh^2 = sech^2(x / cap).
+// For float, in double: with a = |x / cap| and e = exp(-2a), tanh(a) = (1 - e) / (1 + e), whose
+// relative error is at most about 1e-16 / a, far below a float ulp for a >= 1e-4, and a - a^3 / 3
+// below that (error < a^5 / 7); sech^2 = 4e / (1 + e)^2 has no cancellation. Each value is rounded
+// once to float. For double, the library's tanh and exp. x = -inf gives -cap (a masked logit
+// becomes a finite one, as the formula says), with slope 0; NaN stays NaN.
+
+// cap * tanh(x / cap) in double, and e = exp(-2 |x / cap|) for the slope.
+inline double softcap_one(double x, double cap, double& e) {
+    const double z = x / cap;
+    const double a = std::fabs(z);
+    e = exp_double(-2.0 * a);
+    const double t = a < 1e-4 ? a - a * a * a * (1.0 / 3.0) : (1.0 - e) / (1.0 + e);
+    return cap * (z < 0.0 ? -t : t);
+}
+
+template <typename T>
+void apply_softcap(T* values, T* slope, std::int64_t n, double cap) {
+    if constexpr (std::is_same_v<T, double>) {
+        for (std::int64_t i = 0; i < n; ++i) {
+            const double z = values[i] / cap;
+            if (slope != nullptr) {
+                const double e = std::exp(-2.0 * std::fabs(z));
+                slope[i] = 4.0 * e / ((1.0 + e) * (1.0 + e));
+            }
+            values[i] = cap * std::tanh(z);
+        }
+    } else if (slope == nullptr) {
+        for (std::int64_t i = 0; i < n; ++i) {
+            double e;
+            values[i] = static_cast<T>(softcap_one(static_cast<double>(values[i]), cap, e));
+        }
+    } else {
+        // A separate loop, so that no branch is left in it (SSE2 has no masked store).
+        for (std::int64_t i = 0; i < n; ++i) {
+            double e;
+            values[i] = static_cast<T>(softcap_one(static_cast<double>(values[i]), cap, e));
+            slope[i] = static_cast<T>(4.0 * e / ((1.0 + e) * (1.0 + e)));
+        }
+    }
+}
+
+// How a kernel reads the logits: T directly, or 16-bit floats converted to T; soft-capped or not.
+template <typename T>
+struct Logits {
+    const T* native = nullptr;
+    const std::uint16_t* half = nullptr;  // read instead of `native` when set
+    HalfFormat format = HalfFormat::float16;
+    double cap = 0.0;  // the soft cap; 0 for none
+
+    bool staged() const { return half != nullptr || cap != 0.0; }
+
+    // `count` consecutive elements from `offset` into out[0..count), converted and capped; the
+    // cap's derivative into slope (when not null).
+    void load(std::int64_t offset, std::int64_t count, T* out, T* slope) const {
+        if (half == nullptr) {
+            const T* source = native + offset;
+            for (std::int64_t i = 0; i < count; ++i) out[i] = source[i];
+        } else if (format == HalfFormat::bfloat16) {
+            const std::uint16_t* source = half + offset;
+            for (std::int64_t i = 0; i < count; ++i) out[i] = static_cast<T>(bfloat16_to_float(source[i]));
+        } else {
+            const std::uint16_t* source = half + offset;
+            for (std::int64_t i = 0; i < count; ++i) out[i] = static_cast<T>(float16_to_float(source[i]));
+        }
+        if (cap != 0.0) apply_softcap(out, slope, count, cap);
+    }
+
+    // A tile of `lanes` rows (lane l of class c at offset + c * stride + l) into tile[c * kTileLanes + l].
+    void load_tile(std::int64_t offset, std::int64_t stride, std::int64_t classes, std::int64_t lanes, T* tile,
+                   T* slope) const {
+        for (std::int64_t c = 0; c < classes; ++c) {
+            load(offset + c * stride, lanes, tile + c * kTileLanes, slope == nullptr ? nullptr : slope + c * kTileLanes);
+        }
+    }
+
+    // `lanes` contiguous rows of `classes` elements (rows `row_stride` apart, from `offset`), transposed
+    // into tile[c * kTileLanes + l].
+    void load_transposed(std::int64_t offset, std::int64_t row_stride, std::int64_t classes, std::int64_t lanes,
+                         T* tile, T* slope) const {
+        T row[kSmallClasses];
+        T row_slope[kSmallClasses];
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            load(offset + l * row_stride, classes, row, slope == nullptr ? nullptr : row_slope);
+            for (std::int64_t c = 0; c < classes; ++c) tile[c * kTileLanes + l] = row[c];
+            if (slope != nullptr) {
+                for (std::int64_t c = 0; c < classes; ++c) slope[c * kTileLanes + l] = row_slope[c];
+            }
+        }
+    }
+
+    // One element, converted and capped.
+    T at(std::int64_t offset) const {
+        T value;
+        T slope;
+        load(offset, 1, &value, &slope);
+        return value;
+    }
+};
+
+// Where a kernel writes an array of the logits' size (a gradient, a softmax): T directly, or 16-bit
+// floats. Staged values are multiplied by the soft cap's slope on the way out (the chain rule).
+template <typename T>
+struct Destination {
+    T* native = nullptr;
+    std::uint16_t* half = nullptr;  // written instead of `native` when set
+    HalfFormat format = HalfFormat::float16;
+
+    bool present() const { return native != nullptr || half != nullptr; }
+
+    // out[offset + i] = values[i] * slope[i] (or values[i] when slope is null), for i < count.
+    void store(std::int64_t offset, const T* values, const T* slope, std::int64_t count) const {
+        if (half == nullptr) {
+            T* target = native + offset;
+            if (slope == nullptr) {
+                for (std::int64_t i = 0; i < count; ++i) target[i] = values[i];
+            } else {
+                for (std::int64_t i = 0; i < count; ++i) target[i] = values[i] * slope[i];
+            }
+            return;
+        }
+        std::uint16_t* target = half + offset;
+        const bool brain = format == HalfFormat::bfloat16;
+        if (slope == nullptr) {
+            if (brain) {
+                for (std::int64_t i = 0; i < count; ++i) target[i] = float_to_bfloat16(static_cast<float>(values[i]));
+            } else {
+                for (std::int64_t i = 0; i < count; ++i) target[i] = float_to_float16(static_cast<float>(values[i]));
+            }
+        } else if (brain) {
+            for (std::int64_t i = 0; i < count; ++i) {
+                target[i] = float_to_bfloat16(static_cast<float>(values[i] * slope[i]));
+            }
+        } else {
+            for (std::int64_t i = 0; i < count; ++i) {
+                target[i] = float_to_float16(static_cast<float>(values[i] * slope[i]));
+            }
+        }
+    }
+
+    // A tile (as Logits::load_tile) to lane l of class c at offset + c * stride + l.
+    void store_tile(std::int64_t offset, std::int64_t stride, const T* tile, const T* slope, std::int64_t classes,
+                    std::int64_t lanes) const {
+        for (std::int64_t c = 0; c < classes; ++c) {
+            store(offset + c * stride, tile + c * kTileLanes, slope == nullptr ? nullptr : slope + c * kTileLanes,
+                  lanes);
+        }
+    }
+
+    // A transposed tile (as Logits::load_transposed) back to `lanes` contiguous rows of `classes`.
+    void store_transposed(std::int64_t offset, const T* tile, const T* slope, std::int64_t classes,
+                          std::int64_t lanes) const {
+        T row[kSmallClasses];
+        T row_slope[kSmallClasses];
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            for (std::int64_t c = 0; c < classes; ++c) row[c] = tile[c * kTileLanes + l];
+            if (slope != nullptr) {
+                for (std::int64_t c = 0; c < classes; ++c) row_slope[c] = slope[c * kTileLanes + l];
+            }
+            store(offset + l * classes, row, slope == nullptr ? nullptr : row_slope, classes);
+        }
+    }
+
+    // Zeros over `count` elements from `offset`.
+    void zero(std::int64_t offset, std::int64_t count) const {
+        if (half == nullptr) {
+            for (std::int64_t i = 0; i < count; ++i) native[offset + i] = T(0);
+        } else {
+            for (std::int64_t i = 0; i < count; ++i) half[offset + i] = 0;
+        }
+    }
+};
+
+// The staging buffers of the calling thread: `values` and, when capped, `slope` after it.
+template <typename T>
+struct StagingBuffers {
+    T* values;
+    T* slope;
+};
+
+template <typename T>
+StagingBuffers<T> thread_staging(T* staging, std::int64_t per_thread, bool capped) {
+    T* values = staging + static_cast<std::int64_t>(current_thread()) * per_thread;
+    return StagingBuffers<T>{values, capped ? values + per_thread / 2 : nullptr};
+}
+
+}  // namespace
+}  // namespace fastxent

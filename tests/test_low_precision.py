@@ -1,0 +1,350 @@
+"""16-bit logits (float16, ml_dtypes' bfloat16), read directly by every function without a float32
+copy: the kernels stage each row (tile, chunk) in float32, so every result must be the float32
+result on the same values, rounded once to the 16-bit dtype (bit for bit), and within the 16-bit
+rounding of the float64 reference and torch. Also: the exact conversion of every 16-bit value,
+out=float32 gradients, in-place gradients, and torch tensors read through DLPack without a copy."""
+
+import numpy as np
+import pytest
+
+import fastxent as fx
+
+import reference as ref
+
+
+
+def _bfloat16():
+    return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+
+
+def _dtype(name):
+    return np.dtype(np.float16) if name == "float16" else _bfloat16()
+
+
+DTYPES = ["float16", "bfloat16"]
+# (shape, class axis): rows, few classes (transposed tiles), class axis not last (tiles), and few
+# rows of many classes (rows split into chunks).
+LAYOUTS = [
+    ((37, 300), 1),
+    ((300, 7), 1),
+    ((5, 9, 6, 4), 1),
+    ((3, 70000), 1),
+    ((4, 11, 130), -1),
+]
+# A 16-bit ulp relative to the value: what rounding a float32 result once may change; and the
+# spacing of the smallest values (float16's subnormals).
+RTOL = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
+ATOL = {"float16": 2.0**-24, "bfloat16": 1e-38}
+
+
+def _near(got, expected, name):
+    """``got`` (16-bit) within a 16-bit ulp of the float64 ``expected`` rounded to the same dtype
+    (so that values beyond the dtype's range compare as infinities), plus float32's absolute error
+    on values of order one (a log-sum of 1 + 1e-14 is 0 in float32)."""
+    rounded = np.asarray(expected).astype(got.dtype).astype(np.float64)
+    np.testing.assert_allclose(
+        np.asarray(got).astype(np.float64), rounded, rtol=RTOL[name], atol=ATOL[name] + 2.0**-22
+    )
+
+
+def _logits(rng, shape, dtype, scale=3.0):
+    return (scale * rng.standard_normal(shape)).astype(np.float32).astype(dtype)
+
+
+def _targets(rng, shape, axis):
+    axis = axis % len(shape)
+    row_shape = shape[:axis] + shape[axis + 1 :]
+    return rng.integers(0, shape[axis], size=row_shape), axis
+
+
+def _same(got, expected):
+    """Bit-for-bit equal 16-bit arrays (NaN equal to NaN)."""
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    a = got.view(np.uint16)
+    b = expected.view(np.uint16)
+    nan = np.isnan(got.astype(np.float32))
+    np.testing.assert_array_equal(nan, np.isnan(expected.astype(np.float32)))
+    np.testing.assert_array_equal(a[~nan], b[~nan])
+
+
+@pytest.mark.parametrize("name", DTYPES)
+def test_every_16_bit_value_is_read_exactly(name):
+    """logsumexp of a one-class row is the logit itself (-0 becomes +0): every one of the 65536 bit
+    patterns, through the transposed tiles and through contiguous rows (padded with -inf)."""
+    dtype = _dtype(name)
+    values = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(dtype)
+    expected = values.astype(np.float32)
+    got = fx.logsumexp(values.reshape(-1, 1), axis=1)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got.astype(np.float32), expected)
+    padded = np.full((65536, 40), -np.inf, np.float32).astype(dtype)
+    padded[:, 17] = values
+    np.testing.assert_array_equal(fx.logsumexp(padded, axis=1).astype(np.float32), expected)
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("op", ["log_softmax", "softmax", "logsumexp"])
+@pytest.mark.parametrize("scale", [3.0, 3000.0])
+def test_softmax_family_is_float32_rounded_once(rng, name, shape, axis, op, scale):
+    dtype = _dtype(name)
+    x = _logits(rng, shape, dtype, scale)
+    if scale > 100 and name == "float16":
+        x = np.clip(x.astype(np.float32), -60000, 60000).astype(dtype)
+    x.reshape(-1)[::97] = -np.inf  # masked logits
+    f = getattr(fx, op)
+    got = f(x, axis=axis)
+    assert got.dtype == dtype
+    _same(got, f(x.astype(np.float32), axis=axis).astype(dtype))
+    _near(got, getattr(ref, op)(x.astype(np.float64), axis=axis), name)
+
+
+@pytest.mark.parametrize("name", DTYPES)
+def test_softmax_out(rng, name):
+    dtype = _dtype(name)
+    x = _logits(rng, (20, 50), dtype)
+    out = np.empty(x.shape, dtype)
+    assert fx.log_softmax(x, out=out) is out
+    _same(out, fx.log_softmax(x.astype(np.float32)).astype(dtype))
+    with pytest.raises(ValueError, match="dtype"):
+        fx.log_softmax(x, out=np.empty(x.shape, np.float64))
+    # in place
+    y = x.copy()
+    assert fx.softmax(y, out=y) is y
+    _same(y, fx.softmax(x.astype(np.float32)).astype(dtype))
+
+
+OPTIONS = [
+    dict(),
+    dict(reduction="sum", label_smoothing=0.1),
+    dict(reduction="none", weight=True, ignore_some=True),
+    dict(z_loss=1e-3, weight=True),
+    dict(probability=True, label_smoothing=0.2),
+]
+
+
+def _loss_kwargs(rng, shape, axis, options):
+    kwargs = dict(axis=axis)
+    axis = axis % len(shape)
+    for key in ("reduction", "label_smoothing", "z_loss"):
+        if key in options:
+            kwargs[key] = options[key]
+    if options.get("weight"):
+        kwargs["weight"] = rng.uniform(0.25, 2.0, shape[axis]).astype(np.float32)
+    if options.get("probability"):
+        target = ref.softmax(rng.standard_normal(shape), axis=axis).astype(np.float32)
+    else:
+        target, _ = _targets(rng, shape, axis)
+        if options.get("ignore_some"):
+            target = np.where(rng.random(target.shape) < 0.3, -100, target)
+    return target, kwargs
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "default")
+def test_cross_entropy_is_float32_rounded_once(rng, name, shape, axis, options):
+    dtype = _dtype(name)
+    x = _logits(rng, shape, dtype)
+    target, kwargs = _loss_kwargs(rng, shape, axis, options)
+    x32 = x.astype(np.float32)
+
+    loss, grad = fx.cross_entropy_with_grad(x, target, **kwargs)
+    loss32, grad32 = fx.cross_entropy_with_grad(x32, target, **kwargs)
+    assert grad.dtype == dtype
+    _same(grad, grad32.astype(dtype))
+    if kwargs.get("reduction") == "none":
+        assert loss.dtype == dtype
+        _same(loss, loss32.astype(dtype))
+    else:
+        assert isinstance(loss, np.generic) and loss.dtype == dtype
+        # Both are the same float64 total, rounded once to their dtype.
+        np.testing.assert_allclose(float(loss), float(loss32), rtol=RTOL[name])
+    _same(fx.cross_entropy_grad(x, target, **kwargs), grad)
+    forward = fx.cross_entropy(x, target, **kwargs)
+    np.testing.assert_array_equal(np.asarray(forward).astype(np.float32), np.asarray(loss).astype(np.float32))
+
+    # against the float64 reference, on the exact 16-bit values
+    ref_kwargs = {k: v for k, v in kwargs.items() if k != "z_loss"}
+    if "weight" in ref_kwargs:
+        ref_kwargs["weight"] = ref_kwargs["weight"].astype(np.float64)
+    if "z_loss" not in kwargs:
+        expected_loss, expected_grad = ref.cross_entropy_with_grad(x.astype(np.float64), target, **ref_kwargs)
+        _near(np.asarray(loss), expected_loss, name)
+        # float32 arithmetic error, relative to the largest gradient, on top of the 16-bit rounding
+        scale = np.abs(expected_grad).max()
+        np.testing.assert_allclose(
+            grad.astype(np.float64), expected_grad, rtol=RTOL[name], atol=ATOL[name] + 1e-6 * scale
+        )
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("shape,axis", LAYOUTS[:4])
+def test_gradient_into_float32_out(rng, name, shape, axis):
+    dtype = _dtype(name)
+    x = _logits(rng, shape, dtype)
+    target, _ = _targets(rng, shape, axis)
+    out = np.empty(shape, np.float32)
+    got = fx.cross_entropy_grad(x, target, axis=axis, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, fx.cross_entropy_grad(x.astype(np.float32), target, axis=axis))
+    with pytest.raises(ValueError, match="dtype"):
+        fx.cross_entropy_grad(x, target, axis=axis, out=np.empty(shape, np.float64))
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+def test_gradient_in_place(rng, name, shape, axis):
+    dtype = _dtype(name)
+    x = _logits(rng, shape, dtype)
+    target, _ = _targets(rng, shape, axis)
+    expected = fx.cross_entropy_grad(x, target, axis=axis, softcap=4.0)
+    work = x.copy()
+    if axis % len(shape) != len(shape) - 1 and not work.flags.c_contiguous:
+        pytest.skip("in-place needs a C-contiguous array")
+    got = fx.cross_entropy_grad(work, target, axis=axis, softcap=4.0, out=work)
+    assert got is work
+    _same(work, expected)
+
+
+@pytest.mark.parametrize("name", DTYPES)
+def test_loss_class(rng, name):
+    dtype = _dtype(name)
+    x = _logits(rng, (64, 33), dtype)
+    target = rng.integers(0, 33, 64)
+    crit = fx.CrossEntropyLoss(label_smoothing=0.1, softcap=10.0)
+    loss = crit(x, target)
+    assert loss.dtype == dtype
+    grad = crit.backward()
+    _same(grad, fx.cross_entropy_grad(x, target, label_smoothing=0.1, softcap=10.0))
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+def test_score_matches_float32(rng, name, shape, axis):
+    dtype = _dtype(name)
+    x = _logits(rng, shape, dtype)
+    target, _ = _targets(rng, shape, axis)
+    target = np.stack([target, (target + 1) % shape[axis]], axis=-1)
+    got = fx.score(x, target, axis=axis)
+    expected = fx.score(x.astype(np.float32), target, axis=axis)
+    for field in got._fields:
+        np.testing.assert_array_equal(getattr(got, field), getattr(expected, field), err_msg=field)
+    assert got.logprob.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("shape,axis", [((6, 50, 120), -1), ((3, 7000), -1), ((4, 120, 9), 1)])
+def test_score_spans_match_float32(rng, name, shape, axis):
+    dtype = _dtype(name)
+    x = _logits(rng, shape, dtype)
+    target, _ = _targets(rng, shape, axis)
+    rows = target.size
+    starts = np.array([0, 1, rows // 2, rows - 1, 3])
+    lengths = np.array([1, rows // 3, rows - rows // 2, 1, 0])
+    got = fx.score_spans(x, target, starts, lengths, axis=axis)
+    expected = fx.score_spans(x.astype(np.float32), target, starts, lengths, axis=axis)
+    for field in got._fields:
+        np.testing.assert_array_equal(getattr(got, field), getattr(expected, field), err_msg=field)
+
+
+@pytest.mark.parametrize("name", DTYPES)
+def test_nll_loss(rng, name):
+    dtype = _dtype(name)
+    log_probs = fx.log_softmax(_logits(rng, (30, 12), dtype))
+    target = rng.integers(0, 12, 30)
+    got = fx.nll_loss(log_probs, target, reduction="none")
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, fx.nll_loss(log_probs.astype(np.float32), target, reduction="none").astype(dtype))
+
+
+def test_nan_and_infinity(rng):
+    dtype = _bfloat16()
+    x = _logits(rng, (4, 50), dtype)
+    x[0, 3] = np.nan
+    x[1, 7] = np.inf
+    x[2, :] = -np.inf
+    target = np.array([0, 1, 2, 3])
+    loss = fx.cross_entropy(x, target, reduction="none")
+    assert np.isnan(loss[0].astype(np.float32)) and np.isnan(loss[1].astype(np.float32))
+    _same(loss, fx.cross_entropy(x.astype(np.float32), target, reduction="none").astype(dtype))
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch: values and gradients against torch on the same 16-bit logits, and tensors read in place.
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("shape,axis", LAYOUTS[:3])
+def test_against_torch(rng, name, shape, axis):
+    torch = pytest.importorskip("torch")
+    dtype = _dtype(name)
+    x = _logits(rng, shape, dtype)
+    target, class_axis = _targets(rng, shape, axis)
+    t = torch.from_numpy(x.astype(np.float32)).to(getattr(torch, name)).requires_grad_()
+    tt = torch.movedim(t, class_axis, 1) if class_axis != 1 else t
+    loss = torch.nn.functional.cross_entropy(tt.float(), torch.from_numpy(target))
+    loss.backward()
+    got_loss, got_grad = fx.cross_entropy_with_grad(x, target, axis=axis)
+    np.testing.assert_allclose(float(got_loss), loss.item(), rtol=2 * RTOL[name])
+    expected = t.grad.float().numpy()
+    np.testing.assert_allclose(got_grad.astype(np.float32), expected, rtol=2 * RTOL[name], atol=2 * RTOL[name] * np.abs(expected).max())
+    lsm = torch.log_softmax(t.detach(), dim=class_axis).float().numpy()
+    np.testing.assert_allclose(fx.log_softmax(x, axis=axis).astype(np.float32), lsm, rtol=2 * RTOL[name], atol=RTOL[name])
+
+
+@pytest.mark.parametrize("name", ["float32", "float16", "bfloat16"])
+def test_torch_tensors_are_read_in_place(rng, name):
+    torch = pytest.importorskip("torch")
+    dtype = np.dtype(np.float32) if name == "float32" else _dtype(name)
+    x = _logits(rng, (16, 40), dtype)
+    tensor = torch.from_numpy(x.astype(np.float32)).to(getattr(torch, name))
+    target = rng.integers(0, 40, 16)
+    got = fx.log_softmax(tensor)
+    assert isinstance(got, np.ndarray) and got.dtype == dtype
+    np.testing.assert_array_equal(got, fx.log_softmax(x))
+    loss, grad = fx.cross_entropy_with_grad(tensor, torch.from_numpy(target))
+    assert grad.dtype == dtype
+    np.testing.assert_array_equal(grad, fx.cross_entropy_grad(x, target))
+    np.testing.assert_array_equal(fx.score(tensor, target).logprob, fx.score(x, target).logprob)
+    # A strided view (a transposed tensor) is read in place through its strides.
+    wide = torch.from_numpy(_logits(rng, (40, 16), np.float32)).to(getattr(torch, name))
+    np.testing.assert_array_equal(
+        fx.logsumexp(wide.T), fx.logsumexp(np.ascontiguousarray(wide.float().numpy().T).astype(dtype))
+    )
+
+
+def test_dlpack_view_shares_memory():
+    torch = pytest.importorskip("torch")
+    from fastxent import _arguments
+
+    tensor = torch.zeros(3, 5, dtype=torch.bfloat16)
+    array, dtype = _arguments.logits(tensor)
+    assert dtype == _bfloat16()
+    tensor[1, 2] = 7.0
+    assert float(array[1, 2]) == 7.0  # a view, not a copy
+    assert array.__array_interface__["data"][0] == tensor.data_ptr()
+
+
+def test_dlpack_rejects_other_dtypes_and_devices():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="not float16, bfloat16, float32 or float64"):
+        fx.log_softmax(torch.zeros(3, 4, dtype=torch.int32))
+    with pytest.raises((RuntimeError, BufferError), match="detach"):
+        fx.log_softmax(torch.zeros(3, 4, requires_grad=True))  # torch refuses to export it
+
+
+def test_bfloat16_without_ml_dtypes_message(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ml_dtypes(name, *a, **k):
+        if name == "ml_dtypes":
+            raise ImportError("no ml_dtypes")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ml_dtypes)
+    with pytest.raises(TypeError, match="ml_dtypes"):
+        fx.log_softmax(torch.zeros(3, 4, dtype=torch.bfloat16))
