@@ -15,7 +15,7 @@ reports="$PWD/$work/reports"
 python3 -m venv --clear "$work/venv"
 # shellcheck disable=SC1091
 . "$work/venv/bin/activate"
-python -m pip install --quiet numpy pytest hypothesis threadpoolctl pybind11 scikit-build-core
+python -m pip install --quiet numpy pytest hypothesis threadpoolctl ml_dtypes pybind11 scikit-build-core
 # Not editable: the instrumented build is installed into this venv only. No torch here: it is not
 # instrumented and its own tests are not what is checked.
 python -m pip install --quiet --no-build-isolation . \
@@ -59,7 +59,7 @@ else
   # examples: everything runs slower), bad input, threads, fork and dispatch; no large arrays.
   tests=()
   for file in test_fuzz test_bad_input test_threads test_fork test_dispatch test_softmax test_cross_entropy \
-    test_grad test_nll_loss test_errors test_edge_cases test_api; do
+    test_grad test_nll_loss test_errors test_edge_cases test_api test_low_precision test_softcap; do
     [[ -f "tests/$file.py" ]] && tests+=("tests/$file.py")
   done
   tests+=(-m "not slow")

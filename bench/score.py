@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Benchmark fastxent.score and fastxent.score_spans against the PyTorch way of computing the same.
 
-    python bench/score.py                      # 2048x32000 and 512x128256 float32, 1 and 2 threads
-    python bench/score.py --threads 1 --repeats 3 --shapes 2048x32000
+    python bench/score.py                      # 2048x32000 and 512x128256, float32 and bfloat16, 1 and 2 threads
+    python bench/score.py --threads 1 --repeats 3 --shapes 2048x32000 --dtypes float32
 
-What is compared, per shape and thread count (float32 logits, one target per row):
+What is compared, per shape, dtype and thread count (one target per row; bfloat16 logits are an
+ml_dtypes array for fastxent, read without a float32 copy, and a bfloat16 tensor for torch):
 
 * ``score`` (all six fields) against torch's minimal equivalent, ``log_softmax`` + ``gather`` +
   ``argmax`` (logprob, argmax, is_greedy), and against torch computing every field of ``score``
@@ -45,8 +46,7 @@ def best_time(function, repeats):
     return min(times) * 1e3
 
 
-def torch_functions(torch, logits, target, starts, lengths):
-    x = torch.from_numpy(logits)
+def torch_functions(torch, x, target, starts, lengths):
     t = torch.from_numpy(target).unsqueeze(-1)
     span_ends = torch.from_numpy(starts + lengths)
     span_starts = torch.from_numpy(starts)
@@ -78,18 +78,29 @@ def torch_functions(torch, logits, target, starts, lengths):
     return minimal, every_field, spans
 
 
-def run(shapes, thread_counts, repeats):
+def logits_of(torch, logits32, dtype):
+    """(fastxent's array, torch's tensor) holding the same values in ``dtype``."""
+    if dtype == "float32":
+        return logits32, torch.from_numpy(logits32)
+    import ml_dtypes
+
+    return logits32.astype(ml_dtypes.bfloat16), torch.from_numpy(logits32).to(torch.bfloat16)
+
+
+def run(shapes, dtypes, thread_counts, repeats):
     import torch
 
     rng = np.random.default_rng(0)
     rows = []
-    for name in shapes:
+    for name, dtype in [(name, dtype) for name in shapes for dtype in dtypes]:
         n, classes = SHAPES[name]
-        logits = (3.0 * rng.standard_normal((n, classes), dtype=np.float32)).astype(np.float32)
+        logits32 = (3.0 * rng.standard_normal((n, classes), dtype=np.float32)).astype(np.float32)
+        logits, tensor = logits_of(torch, logits32, dtype)
+        del logits32
         target = rng.integers(0, classes, size=n)
         starts = np.arange(0, n, SPAN_ROWS, dtype=np.int64)
         lengths = np.minimum(SPAN_ROWS, n - starts).astype(np.int64)
-        minimal, every_field, spans = torch_functions(torch, logits, target, starts, lengths)
+        minimal, every_field, spans = torch_functions(torch, tensor, target, starts, lengths)
         for threads in thread_counts:
             fx.set_num_threads(threads)
             torch.set_num_threads(threads)
@@ -100,24 +111,24 @@ def run(shapes, thread_counts, repeats):
                 "fastxent_score_spans": best_time(lambda: fx.score_spans(logits, target, starts, lengths), repeats),
                 "torch_spans": best_time(spans, repeats),
             }
-            row = dict(shape=name, threads=threads, **{k: round(v, 3) for k, v in times.items()})
+            row = dict(shape=name, dtype=dtype, threads=threads, **{k: round(v, 3) for k, v in times.items()})
             row["ratio_score_vs_torch_minimal"] = round(times["torch_minimal"] / times["fastxent_score"], 2)
             row["ratio_score_vs_torch_every_field"] = round(times["torch_every_field"] / times["fastxent_score"], 2)
             row["ratio_spans_vs_torch"] = round(times["torch_spans"] / times["fastxent_score_spans"], 2)
             rows.append(row)
-            print(f"  {name} threads={threads}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()), flush=True)
+            print(f"  {name} {dtype} threads={threads}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()), flush=True)
     return rows
 
 
 def markdown(rows):
     lines = [
-        "| shape (float32) | threads | score ms | torch lsm+gather+argmax ms | ratio | torch every field ms | ratio "
+        "| shape | dtype | threads | score ms | torch lsm+gather+argmax ms | ratio | torch every field ms | ratio "
         "| score_spans ms | torch spans ms | ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['shape']} | {r['threads']} | {r['fastxent_score']:.1f} | {r['torch_minimal']:.1f} | "
+            f"| {r['shape']} | {r['dtype']} | {r['threads']} | {r['fastxent_score']:.1f} | {r['torch_minimal']:.1f} | "
             f"{r['ratio_score_vs_torch_minimal']:.2f} | {r['torch_every_field']:.1f} | "
             f"{r['ratio_score_vs_torch_every_field']:.2f} | {r['fastxent_score_spans']:.1f} | "
             f"{r['torch_spans']:.1f} | {r['ratio_spans_vs_torch']:.2f} |"
@@ -128,6 +139,7 @@ def markdown(rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "score.json"))
@@ -135,7 +147,7 @@ def main():
 
     import torch
 
-    rows = run(options.shapes, options.threads, options.repeats)
+    rows = run(options.shapes, options.dtypes, options.threads, options.repeats)
     table = markdown(rows)
     print()
     print(table)
