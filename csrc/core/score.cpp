@@ -148,8 +148,7 @@ void score_kernel(const ScoreProblem<T>& problem) {
     const std::int64_t classes = view.classes;
     const Logits<T> logits{problem.input, problem.input_half, problem.half_format, 0.0};
     const bool staged = logits.staged();
-    int threads = threads_for(plan.items, view.size());
-    if (staged && threads > problem.staging_threads) threads = problem.staging_threads;
+    const int threads = staged_threads(plan.items, view.size(), staged, problem.staging_threads);
     const std::int64_t per_thread = staged ? staging_size(view, false, false) : 0;
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
@@ -179,7 +178,7 @@ void score_kernel(const ScoreProblem<T>& problem) {
     }
 }
 
-// One row buffer per thread, for rows whose classes are not contiguous (inner > 1).
+// One row buffer per thread, for rows whose classes are not contiguous (inner > 1) or are 16-bit.
 template <typename T>
 struct RowBuffers {
     T* data = nullptr;
@@ -196,7 +195,7 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
     const std::int64_t rows = view.rows();
     const std::int64_t classes = view.classes;
     const Logits<T> logits{problem.input, problem.input_half, problem.half_format, 0.0};
-    const bool contiguous = view.inner == 1 && !logits.staged();
+    const bool contiguous = view.inner == 1 && !logits.staged();  // read in place, without a buffer
 
     std::int64_t rows_per_item = classes > 0 ? kSpanItemElements / classes : kSpanItemElements;
     if (rows_per_item < 1) rows_per_item = 1;
@@ -215,11 +214,8 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
             for (std::int64_t row = first; row < last; ++row) {
                 if (problem.row_covered[row] == 0) continue;
                 const T* x = nullptr;
-                if (contiguous) {
-                    x = problem.input + row * view.outer_stride;
-                } else if (view.inner == 1) {
-                    logits.load(row * view.outer_stride, classes, buffer, nullptr);
-                    x = buffer;
+                if (view.inner == 1) {
+                    x = logits.read(row * view.outer_stride, classes, buffer, nullptr);
                 } else {
                     const std::int64_t source = (row / view.inner) * view.outer_stride + row % view.inner;
                     for (std::int64_t c = 0; c < classes; ++c) buffer[c] = logits.at(source + c * view.class_stride);

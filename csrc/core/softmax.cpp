@@ -79,10 +79,7 @@ void softmax_split(const SoftmaxProblem<T>& problem, const Logits<T>& logits, co
     {
         T* buffer = staged ? thread_staging(problem.staging, per_thread, false).values : nullptr;
         auto chunk_logits = [&](std::int64_t row, std::int64_t first, std::int64_t count) {
-            const std::int64_t offset = row * view.outer_stride + first;
-            if (!staged) return problem.input + offset;
-            logits.load(offset, count, buffer, nullptr);
-            return static_cast<const T*>(buffer);
+            return logits.read(row * view.outer_stride + first, count, buffer, nullptr);
         };
 #pragma omp for schedule(static)
         for (std::int64_t item = 0; item < items; ++item) {
@@ -132,9 +129,10 @@ void softmax_split(const SoftmaxProblem<T>& problem, const Logits<T>& logits, co
 }
 
 // One work item of a staged call (16-bit logits): each row, tile or transposed tile is read into the
-// thread's staging buffer, computed there in place, and stored from there.
+// thread's staging buffer, computed there in place, and stored from there. Not inlined, as
+// loss_item_staged.
 template <typename T>
-void softmax_item_staged(const SoftmaxProblem<T>& problem, const Logits<T>& logits, const Destination<T>& output,
+[[gnu::noinline]] void softmax_item_staged(const SoftmaxProblem<T>& problem, const Logits<T>& logits, const Destination<T>& output,
                          const WorkPlan& plan, const ItemRows& range, T* buffer) {
     const ClassAxisView& view = problem.view;
     const std::int64_t classes = view.classes;
@@ -177,52 +175,46 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
     const Logits<T> logits{problem.input, problem.input_half, problem.half_format, 0.0};
     const Destination<T> output{problem.output, problem.output_half, problem.half_format};
     const bool staged = logits.staged();
-    auto thread_count = [&](std::int64_t items) {
-        const int threads = threads_for(items, view.size());
-        return staged && threads > problem.staging_threads ? problem.staging_threads : threads;
-    };
     const std::int64_t chunks = problem.workspace == nullptr ? 0 : split_chunks(view);
     if (chunks > 0) {
-        softmax_split(problem, logits, output, chunks, thread_count(rows * chunks));
+        softmax_split(problem, logits, output, chunks,
+                      staged_threads(rows * chunks, view.size(), staged, problem.staging_threads));
         return;
     }
-    const int threads = thread_count(plan.items);
+    const int threads = staged_threads(plan.items, view.size(), staged, problem.staging_threads);
     const std::int64_t per_thread = staged ? staging_size(view, false) : 0;
 
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-        T* buffer = staged ? thread_staging(problem.staging, per_thread, false).values : nullptr;
-#pragma omp for schedule(static)
-        for (std::int64_t item = 0; item < plan.items; ++item) {
-            const ItemRows range = item_rows(plan, view, item);
-            if (staged) {
-                softmax_item_staged(problem, logits, output, plan, range, buffer);
-            } else if (plan.strategy == Strategy::rows) {
-                for (std::int64_t row = range.first; row < range.last; ++row) {
-                    const T* x = problem.input + row * view.outer_stride;
-                    softmax_row(problem, x, row, reduces ? nullptr : problem.output + row * classes);
-                }
-            } else if (plan.strategy == Strategy::columns) {
-                const std::int64_t outer = range.outer;
-                const std::int64_t lane0 = range.lane0;
-                const std::int64_t lanes = range.lanes;
-                const T* x = problem.input + outer * view.outer_stride + lane0;
-                T* out = reduces ? problem.output + outer * view.inner + lane0
-                                 : problem.output + outer * classes * view.inner + lane0;
-                softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (std::int64_t item = 0; item < plan.items; ++item) {
+        const ItemRows range = item_rows(plan, view, item);
+        if (staged) {
+            softmax_item_staged(problem, logits, output, plan, range,
+                                thread_staging(problem.staging, per_thread, false).values);
+        } else if (plan.strategy == Strategy::rows) {
+            for (std::int64_t row = range.first; row < range.last; ++row) {
+                const T* x = problem.input + row * view.outer_stride;
+                softmax_row(problem, x, row, reduces ? nullptr : problem.output + row * classes);
+            }
+        } else if (plan.strategy == Strategy::columns) {
+            const std::int64_t outer = range.outer;
+            const std::int64_t lane0 = range.lane0;
+            const std::int64_t lanes = range.lanes;
+            const T* x = problem.input + outer * view.outer_stride + lane0;
+            T* out = reduces ? problem.output + outer * view.inner + lane0
+                             : problem.output + outer * classes * view.inner + lane0;
+            softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner);
+        } else {
+            const std::int64_t first = range.first;
+            const std::int64_t lanes = range.lanes;
+            T tile_in[kSmallClasses * kTileLanes];
+            T tile_out[kSmallClasses * kTileLanes];
+            transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
+                                tile_in);
+            if (reduces) {
+                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, problem.output + first, 0);
             } else {
-                const std::int64_t first = range.first;
-                const std::int64_t lanes = range.lanes;
-                T tile_in[kSmallClasses * kTileLanes];
-                T tile_out[kSmallClasses * kTileLanes];
-                transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
-                                    tile_in);
-                if (reduces) {
-                    softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, problem.output + first, 0);
-                } else {
-                    softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, tile_out, kTileLanes);
-                    transpose_from_tile(tile_out, classes, lanes, problem.output + first * classes);
-                }
+                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, tile_out, kTileLanes);
+                transpose_from_tile(tile_out, classes, lanes, problem.output + first * classes);
             }
         }
     }

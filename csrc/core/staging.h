@@ -15,6 +15,7 @@
 
 #include "kernels.h"
 #include "math.h"
+#include "parallel.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -166,6 +167,14 @@ struct Logits {
         }
     }
 
+    // `count` consecutive elements from `offset`: in place when not staged, else loaded into
+    // `buffer` (and the slope into `slope`, when not null) and read from there.
+    const T* read(std::int64_t offset, std::int64_t count, T* buffer, T* slope) const {
+        if (!staged()) return native + offset;
+        load(offset, count, buffer, slope);
+        return buffer;
+    }
+
     // One element, converted and capped.
     T at(std::int64_t offset) const {
         T value;
@@ -254,6 +263,12 @@ struct StagingBuffers {
     T* values;
     T* slope;
 };
+
+// Threads for a job (threads_for), never more in a staged call than it has staging buffers.
+inline int staged_threads(std::int64_t items, std::int64_t elements, bool staged, int staging_threads) {
+    const int threads = threads_for(items, elements);
+    return staged && threads > staging_threads ? staging_threads : threads;
+}
 
 template <typename T>
 StagingBuffers<T> thread_staging(T* staging, std::int64_t per_thread, bool capped) {

@@ -79,6 +79,8 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 
 def half_code(dtype: np.dtype) -> int:
     """``_core``'s code for 16-bit floats: 0 float16, 1 bfloat16, -1 for anything else."""
+    if dtype.itemsize != 2:
+        return -1
     if dtype == _FLOAT16:
         return 0
     return 1 if is_bfloat16(dtype) else -1

@@ -30,7 +30,8 @@ def _softmax_family(x: ArrayLike, axis: Any, op: str, out: Optional[np.ndarray])
     else:
         result = out if out is not None else np.empty(shape, dtype)
     _core.softmax(args.core_array(array), view, args.SOFTMAX_OPS[op], args.core_array(result), args.half_code(dtype))
-    return result.astype(dtype, copy=False)
+    # logsumexp of 16-bit logits is computed into float32, then rounded to their dtype.
+    return result if result.dtype == dtype else result.astype(dtype)
 
 
 def log_softmax(x: ArrayLike, axis: int = -1, *, out: Optional[np.ndarray] = None) -> np.ndarray:
