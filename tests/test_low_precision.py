@@ -200,8 +200,6 @@ def test_gradient_in_place(rng, name, shape, axis):
     target, _ = _targets(rng, shape, axis)
     expected = fx.cross_entropy_grad(x, target, axis=axis, softcap=4.0)
     work = x.copy()
-    if axis % len(shape) != len(shape) - 1 and not work.flags.c_contiguous:
-        pytest.skip("in-place needs a C-contiguous array")
     got = fx.cross_entropy_grad(work, target, axis=axis, softcap=4.0, out=work)
     assert got is work
     _same(work, expected)
