@@ -278,6 +278,27 @@ def test_argmax_late_in_a_long_row(rng):
     np.testing.assert_array_equal(got.argmax, [min(p, (p + 7) % 5000) if i % 2 else p for i, p in enumerate(places)])
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("classes", [33, 64, 1000, 1031, 2049])
+def test_argmax_and_rank_with_many_ties(rng, classes, dtype):
+    """Logits from a few values: each row holds its max many times, in every vector lane and in the
+    tail, so the first index must come from merging the lanes' first indices, and every rank counts
+    ties as not greater. Some rows also hold -inf, +inf or a NaN."""
+    x = rng.integers(0, 4, size=(40, classes)).astype(dtype)
+    for row in range(8):
+        x[row, rng.integers(0, classes, size=3)] = (NEG_INF, np.inf, np.nan)[row % 3]
+    x[8] = NEG_INF  # argmax 0
+    x[9, :-1] = NEG_INF  # the max is the last class
+    x[10] = 0.0
+    x[10, classes - 1 - (classes % 32)] = 1.0  # the max in the last lane before the tail
+    target = make_target(rng, (40,), classes, 2)
+    got = fx.score(x, target)
+    assert_score(got, x, target)
+    np.testing.assert_array_equal(got.argmax, np.argmax(x, axis=-1))
+    spans = fx.score_spans(x, target[:, 0], np.arange(40), np.ones(40, dtype=np.int64))
+    np.testing.assert_array_equal(spans.is_greedy, target[:, 0] == np.argmax(x, axis=-1))
+
+
 def test_rank_is_top_k_membership(rng):
     x = make_logits(rng, (50, 200), np.float32)
     target = make_target(rng, (50,), 200, 3)

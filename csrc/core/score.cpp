@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "kernels.h"
 #include "parallel.h"
@@ -31,8 +32,9 @@ struct RowScore {
     T max;                 // ignoring NaN (see row_max)
     double log_sum;        // log(sum_c exp(x_c - max))
     double logsumexp;
-    double entropy;
+    double entropy;        // NaN unless asked for
     std::int64_t argmax;
+    std::int64_t greater;  // how many logits are strictly greater than the one asked about
 
     // log_softmax at class t, as (x_t - max) - log_sum.
     double log_prob(T target_logit) const {
@@ -44,20 +46,38 @@ struct RowScore {
 // index of the max. The max ignores NaN, so the sum of exponentials is NaN exactly when the row has a
 // NaN or its max is infinite (inf - inf); only then is the row searched for a NaN. A row of -inf has
 // argmax 0, as in NumPy.
+//
+// Two passes over the row: the max with its first index and the count of logits above `value` (the
+// first candidate's logit; see row_max_argmax_count), then the exponentials, with the entropy's moment
+// when `with_entropy`.
 template <typename T>
-RowScore<T> score_row(const T* x, std::int64_t classes) {
+RowScore<T> score_row(const T* x, std::int64_t classes, T value, bool with_entropy) {
     RowScore<T> score;
-    score.max = row_max(x, classes);
+    if (fits_scoring_pass<T>(classes)) {
+        const MaxArgmaxCount<T> pass = row_max_argmax_count(x, classes, value);
+        score.max = pass.max;
+        score.argmax = pass.argmax;
+        score.greater = pass.greater;
+    } else {
+        score.max = row_max(x, classes);
+        score.argmax = row_first_index_of(x, classes, score.max);
+        score.greater = row_count_greater(x, classes, value);
+    }
     double sum = 0.0;
     double moment = 0.0;
-    row_sum_exp_and_moment(x, classes, score.max, sum, moment);
+    if (with_entropy) {
+        row_sum_exp_and_moment(x, classes, score.max, sum, moment);
+    } else {
+        sum = row_sum_exp(x, classes, score.max);
+    }
     score.log_sum = std::log(sum);
     score.logsumexp =
         logsumexp_from_stats(RowStats{static_cast<double>(score.max), score.log_sum}, x, 1, classes);
-    score.entropy = score.log_sum - moment / sum;
-    score.argmax = classes;
-    if (sum != sum) score.argmax = row_first_nan(x, classes);
-    if (score.argmax == classes) score.argmax = row_first_index_of(x, classes, score.max);
+    score.entropy = with_entropy ? score.log_sum - moment / sum : std::numeric_limits<double>::quiet_NaN();
+    if (sum != sum) {
+        const std::int64_t nan_at = row_first_nan(x, classes);
+        if (nan_at < classes) score.argmax = nan_at;
+    }
     return score;
 }
 
@@ -65,17 +85,19 @@ RowScore<T> score_row(const T* x, std::int64_t classes) {
 template <typename T>
 void score_whole_row(const ScoreProblem<T>& p, const T* x, std::int64_t row) {
     const std::int64_t classes = p.view.classes;
-    const RowScore<T> score = score_row(x, classes);
+    const std::int64_t* target = p.target + row * p.candidates;
+    const T first_logit = p.candidates > 0 ? x[target[0]] : std::numeric_limits<T>::quiet_NaN();
+    const RowScore<T> score = score_row(x, classes, first_logit, true);
     p.lse[row] = static_cast<T>(score.logsumexp);
     p.argmax[row] = score.argmax;
     p.entropy[row] = static_cast<T>(score.entropy);
     for (std::int64_t k = 0; k < p.candidates; ++k) {
         const std::int64_t at = row * p.candidates + k;
-        const std::int64_t t = p.target[at];
+        const std::int64_t t = target[k];
         const T target_logit = x[t];
         p.logprob[at] = static_cast<T>(score.log_prob(target_logit));
         p.is_greedy[at] = t == score.argmax;
-        p.rank[at] = row_count_greater(x, classes, target_logit);
+        p.rank[at] = k == 0 ? score.greater : row_count_greater(x, classes, target_logit);
     }
 }
 
@@ -221,8 +243,8 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
                     for (std::int64_t c = 0; c < classes; ++c) buffer[c] = logits.at(source + c * view.class_stride);
                     x = buffer;
                 }
-                const RowScore<T> score = score_row(x, classes);
                 const std::int64_t t = problem.target[row];
+                const RowScore<T> score = score_row(x, classes, x[t], false);
                 problem.row_logprob[row] = score.log_prob(x[t]);
                 problem.row_greedy[row] = t == score.argmax;
             }
