@@ -474,8 +474,10 @@ bool fits_scoring_pass(std::int64_t n) {
     return n < static_cast<std::int64_t>(std::numeric_limits<Index>::max() / 2);
 }
 
-template <typename T>
-MaxArgmaxCount<T> row_max_argmax_count(const T* x, std::int64_t n, T value) {
+// The pass over n values read(i) (i of type Index); `read` may also store what it reads (a staged
+// row converted on the way, see score.cpp).
+template <typename T, typename Read>
+MaxArgmaxCount<T> max_argmax_count(std::int64_t n, T value, Read read) {
     using Index = typename SameWidthIndex<T>::type;
     constexpr int L = kMaxAccumulators<T>;
     T acc[L];
@@ -492,7 +494,7 @@ MaxArgmaxCount<T> row_max_argmax_count(const T* x, std::int64_t n, T value) {
     for (; i + L <= count; i += L) {
         for (int j = 0; j < L; ++j) {
             // Masks as integers (all ones or zero): with selects, GCC leaves the SSE2 loop scalar.
-            const T v = x[i + j];
+            const T v = read(static_cast<Index>(i + j));
             const Index above = -static_cast<Index>(v > acc[j]);
             acc[j] = v > acc[j] ? v : acc[j];
             index[j] = (index[j] & ~above) | (static_cast<Index>(i + j) & above);
@@ -500,7 +502,7 @@ MaxArgmaxCount<T> row_max_argmax_count(const T* x, std::int64_t n, T value) {
         }
     }
     for (; i < count; ++i) {
-        const T v = x[i];
+        const T v = read(i);
         const bool above = v > acc[0];
         acc[0] = above ? v : acc[0];
         index[0] = above ? i : index[0];
@@ -517,6 +519,11 @@ MaxArgmaxCount<T> row_max_argmax_count(const T* x, std::int64_t n, T value) {
     result.argmax = first < none ? static_cast<std::int64_t>(first) : 0;
     result.greater = total;
     return result;
+}
+
+template <typename T>
+MaxArgmaxCount<T> row_max_argmax_count(const T* x, std::int64_t n, T value) {
+    return max_argmax_count(n, value, [x](typename SameWidthIndex<T>::type i) { return x[i]; });
 }
 
 // Note: entropy. With e_i = exp(x_i - shift), S0 = sum_i e_i and S1 = sum_i e_i * (x_i - shift),

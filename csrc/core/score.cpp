@@ -50,10 +50,17 @@ struct RowScore {
 // Two passes over the row: the max with its first index and the count of logits above `value` (the
 // first candidate's logit; see row_max_argmax_count), then the exponentials, with the entropy's moment
 // when `with_entropy`.
+//
+// `first_pass`, when given, is the first pass already made (as the row was staged).
 template <typename T>
-RowScore<T> score_row(const T* x, std::int64_t classes, T value, bool with_entropy) {
+RowScore<T> score_row(const T* x, std::int64_t classes, T value, bool with_entropy,
+                      const MaxArgmaxCount<T>* first_pass = nullptr) {
     RowScore<T> score;
-    if (fits_scoring_pass<T>(classes)) {
+    if (first_pass != nullptr) {
+        score.max = first_pass->max;
+        score.argmax = first_pass->argmax;
+        score.greater = first_pass->greater;
+    } else if (fits_scoring_pass<T>(classes)) {
         const MaxArgmaxCount<T> pass = row_max_argmax_count(x, classes, value);
         score.max = pass.max;
         score.argmax = pass.argmax;
@@ -81,13 +88,47 @@ RowScore<T> score_row(const T* x, std::int64_t classes, T value, bool with_entro
     return score;
 }
 
-// Every statistic of one contiguous row and its candidates.
+// The first candidate's logit of a row (NaN when there is none: nothing is greater).
 template <typename T>
-void score_whole_row(const ScoreProblem<T>& p, const T* x, std::int64_t row) {
+T first_candidate_logit(const ScoreProblem<T>& p, const T* x, std::int64_t row) {
+    return p.candidates > 0 ? x[p.target[row * p.candidates]] : std::numeric_limits<T>::quiet_NaN();
+}
+
+// Note: 16-bit rows. A 16-bit row (without a soft cap) is converted into the staging buffer by the
+// first scoring pass itself, reading the first candidate's logit from the 16-bit array beforehand:
+// the row is then read once from memory and once from the buffer, as a float32 row read in place,
+// instead of a separate conversion pass before the two passes.
+template <typename T>
+bool stages_in_first_pass(const Logits<T>& logits, std::int64_t classes) {
+    return logits.half != nullptr && logits.cap == 0.0 && fits_scoring_pass<T>(classes);
+}
+
+template <typename T>
+MaxArgmaxCount<T> load_with_first_pass(const Logits<T>& logits, std::int64_t offset, std::int64_t classes,
+                                       T value, T* buffer) {
+    using Index = typename SameWidthIndex<T>::type;
+    const std::uint16_t* source = logits.half + offset;
+    if (logits.format == HalfFormat::bfloat16) {
+        return max_argmax_count(classes, value, [source, buffer](Index i) {
+            const T v = static_cast<T>(bfloat16_to_float(source[i]));
+            buffer[i] = v;
+            return v;
+        });
+    }
+    return max_argmax_count(classes, value, [source, buffer](Index i) {
+        const T v = static_cast<T>(float16_to_float(source[i]));
+        buffer[i] = v;
+        return v;
+    });
+}
+
+// Every statistic of one contiguous row and its candidates; `first_pass` as in score_row.
+template <typename T>
+void score_whole_row(const ScoreProblem<T>& p, const T* x, std::int64_t row,
+                     const MaxArgmaxCount<T>* first_pass = nullptr) {
     const std::int64_t classes = p.view.classes;
     const std::int64_t* target = p.target + row * p.candidates;
-    const T first_logit = p.candidates > 0 ? x[target[0]] : std::numeric_limits<T>::quiet_NaN();
-    const RowScore<T> score = score_row(x, classes, first_logit, true);
+    const RowScore<T> score = score_row(x, classes, first_candidate_logit(p, x, row), true, first_pass);
     p.lse[row] = static_cast<T>(score.logsumexp);
     p.argmax[row] = score.argmax;
     p.entropy[row] = static_cast<T>(score.entropy);
@@ -148,9 +189,19 @@ void score_item_staged(const ScoreProblem<T>& problem, const Logits<T>& logits, 
     const ClassAxisView& view = problem.view;
     const std::int64_t classes = view.classes;
     if (plan.strategy == Strategy::rows) {
+        const bool fused = stages_in_first_pass(logits, classes);
         for (std::int64_t row = range.first; row < range.last; ++row) {
-            logits.load(row * view.outer_stride, classes, buffer, nullptr);
-            score_whole_row(problem, buffer, row);
+            const std::int64_t offset = row * view.outer_stride;
+            if (fused) {
+                const T value = problem.candidates > 0
+                                    ? logits.at(offset + problem.target[row * problem.candidates])
+                                    : std::numeric_limits<T>::quiet_NaN();
+                const MaxArgmaxCount<T> pass = load_with_first_pass(logits, offset, classes, value, buffer);
+                score_whole_row(problem, buffer, row, &pass);
+            } else {
+                logits.load(offset, classes, buffer, nullptr);
+                score_whole_row(problem, buffer, row);
+            }
         }
     } else if (plan.strategy == Strategy::columns) {
         logits.load_tile(range.outer * view.outer_stride + range.lane0, view.class_stride, classes, range.lanes,
@@ -236,15 +287,21 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
             for (std::int64_t row = first; row < last; ++row) {
                 if (problem.row_covered[row] == 0) continue;
                 const T* x = nullptr;
-                if (view.inner == 1) {
+                const std::int64_t t = problem.target[row];
+                const bool fused = view.inner == 1 && stages_in_first_pass(logits, classes);
+                MaxArgmaxCount<T> pass;
+                if (fused) {
+                    const std::int64_t offset = row * view.outer_stride;
+                    pass = load_with_first_pass(logits, offset, classes, logits.at(offset + t), buffer);
+                    x = buffer;
+                } else if (view.inner == 1) {
                     x = logits.read(row * view.outer_stride, classes, buffer, nullptr);
                 } else {
                     const std::int64_t source = (row / view.inner) * view.outer_stride + row % view.inner;
                     for (std::int64_t c = 0; c < classes; ++c) buffer[c] = logits.at(source + c * view.class_stride);
                     x = buffer;
                 }
-                const std::int64_t t = problem.target[row];
-                const RowScore<T> score = score_row(x, classes, x[t], false);
+                const RowScore<T> score = score_row(x, classes, x[t], false, fused ? &pass : nullptr);
                 problem.row_logprob[row] = score.log_prob(x[t]);
                 problem.row_greedy[row] = t == score.argmax;
             }
