@@ -92,9 +92,9 @@ struct LossContext {
 };
 
 // One contiguous row, its gradient (if wanted) to `grad`, which may be `x` itself. Returns its loss
-// (0 for an ignored row).
+// (0 for an ignored row). `next`: the next row, prefetched (see row_engine.h), or null.
 template <typename T>
-double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad) {
+double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad, const T* next = nullptr) {
     const CrossEntropyProblem<T>& p = ctx.problem;
     const std::int64_t classes = ctx.classes;
     if (ctx.ignored(row)) {
@@ -104,7 +104,7 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
         if (p.row_loss != nullptr) p.row_loss[row] = T(0);
         return 0.0;
     }
-    const RowStats stats = p.saved_stats != nullptr ? p.saved_stats[row] : row_stats(x, classes);
+    const RowStats stats = p.saved_stats != nullptr ? p.saved_stats[row] : row_stats(x, classes, next);
     if (p.save_stats != nullptr) p.save_stats[row] = stats;
     const T max = static_cast<T>(stats.max);
     const double scale = ctx.row_scale(row);
@@ -444,8 +444,9 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             item_sum = loss_item_staged(ctx, plan, range, thread_staging(problem.staging, per_thread, capped));
         } else if (plan.strategy == Strategy::rows) {
             for (std::int64_t row = range.first; row < range.last; ++row) {
-                item_sum += loss_row(ctx, problem.input + row * view.outer_stride, row,
-                                     problem.grad == nullptr ? nullptr : problem.grad + row * classes);
+                const T* x = problem.input + row * view.outer_stride;
+                item_sum += loss_row(ctx, x, row, problem.grad == nullptr ? nullptr : problem.grad + row * classes,
+                                     row + 1 < rows ? x + view.outer_stride : nullptr);
             }
         } else if (plan.strategy == Strategy::columns) {
             const std::int64_t outer = range.outer;

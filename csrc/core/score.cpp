@@ -51,10 +51,11 @@ struct RowScore {
 // first candidate's logit; see row_max_argmax_count), then the exponentials, with the entropy's moment
 // when `with_entropy`.
 //
-// `first_pass`, when given, is the first pass already made (as the row was staged).
+// `first_pass`, when given, is the first pass already made (as the row was staged); `next`, the next
+// row to be scored, prefetched (see row_engine.h), or null.
 template <typename T>
-RowScore<T> score_row(const T* x, std::int64_t classes, T value, bool with_entropy,
-                      const MaxArgmaxCount<T>* first_pass = nullptr) {
+[[gnu::noinline]] RowScore<T> score_row(const T* x, std::int64_t classes, T value, bool with_entropy,
+                      const MaxArgmaxCount<T>* first_pass = nullptr, const T* next = nullptr) {
     RowScore<T> score;
     if (first_pass != nullptr) {
         score.max = first_pass->max;
@@ -73,9 +74,9 @@ RowScore<T> score_row(const T* x, std::int64_t classes, T value, bool with_entro
     double sum = 0.0;
     double moment = 0.0;
     if (with_entropy) {
-        row_sum_exp_and_moment(x, classes, score.max, sum, moment);
+        row_sum_exp_and_moment(x, classes, score.max, sum, moment, next);
     } else {
-        sum = row_sum_exp(x, classes, score.max);
+        sum = row_sum_exp(x, classes, score.max, next);
     }
     score.log_sum = std::log(sum);
     score.logsumexp =
@@ -122,13 +123,13 @@ MaxArgmaxCount<T> load_with_first_pass(const Logits<T>& logits, std::int64_t off
     });
 }
 
-// Every statistic of one contiguous row and its candidates; `first_pass` as in score_row.
+// Every statistic of one contiguous row and its candidates; `first_pass` and `next` as in score_row.
 template <typename T>
 void score_whole_row(const ScoreProblem<T>& p, const T* x, std::int64_t row,
-                     const MaxArgmaxCount<T>* first_pass = nullptr) {
+                     const MaxArgmaxCount<T>* first_pass = nullptr, const T* next = nullptr) {
     const std::int64_t classes = p.view.classes;
     const std::int64_t* target = p.target + row * p.candidates;
-    const RowScore<T> score = score_row(x, classes, first_candidate_logit(p, x, row), true, first_pass);
+    const RowScore<T> score = score_row(x, classes, first_candidate_logit(p, x, row), true, first_pass, next);
     p.lse[row] = static_cast<T>(score.logsumexp);
     p.argmax[row] = score.argmax;
     p.entropy[row] = static_cast<T>(score.entropy);
@@ -219,6 +220,7 @@ void score_kernel(const ScoreProblem<T>& problem) {
     const ClassAxisView& view = problem.view;
     const WorkPlan plan = plan_work(view);
     const std::int64_t classes = view.classes;
+    const std::int64_t rows = view.rows();
     const Logits<T> logits{problem.input, problem.input_half, problem.half_format, 0.0};
     const bool staged = logits.staged();
     const int threads = staged_threads(plan.items, view.size(), staged, problem.staging_threads);
@@ -233,7 +235,9 @@ void score_kernel(const ScoreProblem<T>& problem) {
             const std::int64_t first = range.first;
             const std::int64_t last = range.last;
             for (std::int64_t row = first; row < last; ++row) {
-                score_whole_row(problem, problem.input + row * view.outer_stride, row);
+                const T* x = problem.input + row * view.outer_stride;
+                const MaxArgmaxCount<T>* no_pass = nullptr;
+                score_whole_row(problem, x, row, no_pass, row + 1 < rows ? x + view.outer_stride : nullptr);
             }
         } else if (plan.strategy == Strategy::columns) {
             const std::int64_t outer = range.outer;
@@ -290,18 +294,20 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
                 const std::int64_t t = problem.target[row];
                 const bool fused = view.inner == 1 && stages_in_first_pass(logits, classes);
                 MaxArgmaxCount<T> pass;
+                const T* next = nullptr;  // the next covered row, when read in place
                 if (fused) {
                     const std::int64_t offset = row * view.outer_stride;
                     pass = load_with_first_pass(logits, offset, classes, logits.at(offset + t), buffer);
                     x = buffer;
                 } else if (view.inner == 1) {
                     x = logits.read(row * view.outer_stride, classes, buffer, nullptr);
+                    if (contiguous && row + 1 < rows && problem.row_covered[row + 1] != 0) next = x + view.outer_stride;
                 } else {
                     const std::int64_t source = (row / view.inner) * view.outer_stride + row % view.inner;
                     for (std::int64_t c = 0; c < classes; ++c) buffer[c] = logits.at(source + c * view.class_stride);
                     x = buffer;
                 }
-                const RowScore<T> score = score_row(x, classes, x[t], false, fused ? &pass : nullptr);
+                const RowScore<T> score = score_row(x, classes, x[t], false, fused ? &pass : nullptr, next);
                 problem.row_logprob[row] = score.log_prob(x[t]);
                 problem.row_greedy[row] = t == score.argmax;
             }

@@ -12,10 +12,11 @@ namespace FASTXENT_ISA {
 namespace {
 
 // One contiguous row: statistics, then the output row `out` (which may be `x`), or its logsumexp.
+// `next`: the next row, prefetched (see row_engine.h), or null.
 template <typename T>
-void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row, T* out) {
+void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row, T* out, const T* next = nullptr) {
     const std::int64_t classes = problem.view.classes;
-    const RowStats stats = row_stats(x, classes);
+    const RowStats stats = row_stats(x, classes, next);
     switch (problem.op) {
         case SoftmaxOp::log_softmax:
             write_log_softmax(x, out, classes, stats);
@@ -193,7 +194,8 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
         } else if (plan.strategy == Strategy::rows) {
             for (std::int64_t row = range.first; row < range.last; ++row) {
                 const T* x = problem.input + row * view.outer_stride;
-                softmax_row(problem, x, row, reduces ? nullptr : problem.output + row * classes);
+                softmax_row(problem, x, row, reduces ? nullptr : problem.output + row * classes,
+                            row + 1 < rows ? x + view.outer_stride : nullptr);
             }
         } else if (plan.strategy == Strategy::columns) {
             const std::int64_t outer = range.outer;
