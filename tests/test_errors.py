@@ -118,6 +118,35 @@ def test_ignored_targets_may_be_out_of_range(call):
     call(logits(), target)
 
 
+@pytest.mark.parametrize("call", LOSS_CALLS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_first_invalid_target_of_a_long_array(call, threads, restore_num_threads):
+    """Targets are checked in blocks, over threads for long arrays: the error names the first invalid
+    target in flat order, wherever the blocks are cut; ignored targets in between change nothing."""
+    rows = 100_003
+    target = np.arange(rows) % C
+    target[::7] = -100
+    target[[16_385, 50_000, 99_999]] = [C + 2, -5, C + 9]
+    fx.set_num_threads(threads)
+    with pytest.raises(IndexError) as info:
+        call(logits((rows, C), np.float32), target)
+    message = str(info.value)
+    assert names_number(message, C + 2) and names_number(message, 16_385), message
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mean_over_a_long_array_counts_every_kept_row(threads, restore_num_threads):
+    rows = 100_003
+    x = logits((rows, C), np.float64)
+    target = np.arange(rows) % C
+    target[::7] = -100
+    fx.set_num_threads(threads)
+    got = fx.cross_entropy(x, target)
+    row_loss = fx.cross_entropy(x, target, reduction="none")
+    kept = target != -100
+    np.testing.assert_allclose(got, row_loss[kept].sum() / kept.sum(), rtol=1e-12)
+
+
 # ---------------------------------------------------------------------------
 # shape mismatch: ValueError naming both shapes
 # ---------------------------------------------------------------------------

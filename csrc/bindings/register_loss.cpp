@@ -16,21 +16,32 @@ namespace {
 
 enum class Reduction { none = 0, mean = 1, sum = 2 };
 
+// The targets' data, checked (IndexError on the first invalid one); `kept`, when not null, receives
+// how many are not ignore_index.
 const std::int64_t* checked_targets(const py::object& target, std::int64_t rows, std::int64_t classes,
-                                    std::int64_t ignore_index) {
+                                    std::int64_t ignore_index, std::int64_t* kept = nullptr) {
     const std::int64_t* data = dense_data<std::int64_t>(target, "target", rows, false);
-    std::int64_t bad;
+    TargetCheck check;
     {
         py::gil_scoped_release release;
-        bad = find_invalid_target(data, rows, classes, ignore_index);
+        check = check_targets(data, rows, classes, ignore_index);
     }
+    const std::int64_t bad = check.first_invalid;
     if (bad >= 0) {
         throw py::index_error("target " + std::to_string(data[bad]) + " is out of bounds for " +
                               std::to_string(classes) + " classes (valid: 0 <= target < " +
                               std::to_string(classes) + ", or ignore_index=" + std::to_string(ignore_index) +
                               "); first found at flat position " + std::to_string(bad));
     }
+    if (kept != nullptr) *kept = check.kept;
     return data;
+}
+
+// D = sum of the kept targets' class weights, or their count without weights.
+template <typename T>
+double denominator_of(const std::int64_t* targets, std::int64_t rows, const T* weight, std::int64_t ignore_index,
+                      std::int64_t kept) {
+    return weight == nullptr ? static_cast<double>(kept) : target_weight_sum(targets, rows, weight, ignore_index);
 }
 
 // Returns (sum of the row losses, denominator of "mean"). The denominator is D for index targets and
@@ -54,8 +65,9 @@ py::tuple run_cross_entropy(const py::array& input, int half, double softcap, co
     problem.ignore_index = ignore_index;
     problem.label_smoothing = label_smoothing;
     problem.z_loss = z_loss;
+    std::int64_t kept = 0;
     if (!target_index.is_none()) {
-        problem.target_index = checked_targets(target_index, rows, view.classes, ignore_index);
+        problem.target_index = checked_targets(target_index, rows, view.classes, ignore_index, &kept);
     } else {
         problem.target_prob = dense_data<T>(target_prob, "target", view.size(), false);
         if (problem.target_prob == nullptr) throw py::value_error("a target is required");
@@ -80,7 +92,7 @@ py::tuple run_cross_entropy(const py::array& input, int half, double softcap, co
     {
         py::gil_scoped_release release;
         denominator = problem.target_index != nullptr
-                          ? target_weight_sum(problem.target_index, rows, problem.weight, ignore_index)
+                          ? denominator_of(problem.target_index, rows, problem.weight, ignore_index, kept)
                           : static_cast<double>(rows);
         if (reduction == Reduction::mean) {
             problem.grad_scale = denominator == 0.0 ? 0.0 : grad_output / denominator;
@@ -105,13 +117,14 @@ py::tuple run_nll(const py::array& input, const ClassAxisView& view, const py::o
     const std::int64_t rows = view.rows();
     const T* log_probs = input_data<T>(input, "input");
     const T* weight_data = dense_data<T>(weight, "weight", view.classes, false);
-    const std::int64_t* targets = checked_targets(target, rows, view.classes, ignore_index);
+    std::int64_t kept = 0;
+    const std::int64_t* targets = checked_targets(target, rows, view.classes, ignore_index, &kept);
     T* row_loss_data = dense_data<T>(row_loss, "row_loss", rows, true);
     double denominator = 0.0;
     double total = 0.0;
     {
         py::gil_scoped_release release;
-        denominator = target_weight_sum(targets, rows, weight_data, ignore_index);
+        denominator = denominator_of(targets, rows, weight_data, ignore_index, kept);
         total = nll_loss(log_probs, view, targets, weight_data, ignore_index, row_loss_data);
     }
     return py::make_tuple(total, denominator);
