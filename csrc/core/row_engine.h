@@ -305,6 +305,44 @@ void tile_inverse(std::int64_t lanes, TileStats<T>& tile) {
     for (std::int64_t l = 0; l < lanes; ++l) tile.inverse[l] = exp_double(-tile.log_sum[l]);
 }
 
+// Note: tile sums. Per lane, sum_c exp(x_c - max) is added in T over blocks of kTileSumBlock classes
+// and the block sums in double: each T accumulator takes as many terms as one of row_sum_exp's, so the
+// error is as small. The lanes go kAccumulators<T> at a time (two vectors), their accumulators and
+// maxima held in registers across the classes; a lane's sum never depends on the other lanes (nor on
+// where the tile was cut).
+constexpr std::int64_t kTileSumBlock = 64;
+
+template <typename T, int B>
+void tile_sum_exp_lanes(const T* x, std::int64_t stride, std::int64_t classes, const T* max, double* sum) {
+    T shift[B];
+    double total[B];
+    for (int j = 0; j < B; ++j) {
+        shift[j] = max[j];
+        total[j] = 0.0;
+    }
+    for (std::int64_t start = 0; start < classes; start += kTileSumBlock) {
+        const std::int64_t stop = classes - start < kTileSumBlock ? classes : start + kTileSumBlock;
+        T acc[B];
+        for (int j = 0; j < B; ++j) acc[j] = T(0);
+        for (std::int64_t c = start; c < stop; ++c) {
+            const T* row = x + c * stride;
+            for (int j = 0; j < B; ++j) acc[j] += exp_in_sum(row[j], shift[j]);
+        }
+        for (int j = 0; j < B; ++j) total[j] += static_cast<double>(acc[j]);
+    }
+    for (int j = 0; j < B; ++j) sum[j] = total[j];
+}
+
+// sum[l] = sum_c exp(x[c * stride + l] - max[l]) for l < lanes (see the Note above).
+template <typename T>
+void tile_sum_exp(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, const T* max,
+                  double* sum) {
+    constexpr int B = kAccumulators<T>;
+    std::int64_t l = 0;
+    for (; l + B <= lanes; l += B) tile_sum_exp_lanes<T, B>(x + l, stride, classes, max + l, sum + l);
+    for (; l < lanes; ++l) tile_sum_exp_lanes<T, 1>(x + l, stride, classes, max + l, sum + l);
+}
+
 // Per-lane max, sum of exponentials and its log; the reciprocal too when `with_inverse`.
 template <typename T>
 void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, bool with_inverse,
@@ -317,12 +355,7 @@ void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int6
         const T* row = x + c * stride;
         for (std::int64_t l = 0; l < lanes; ++l) tile.max[l] = row[l] > tile.max[l] ? row[l] : tile.max[l];
     }
-    for (std::int64_t c = 0; c < classes; ++c) {
-        const T* row = x + c * stride;
-        for (std::int64_t l = 0; l < lanes; ++l) {
-            tile.sum[l] += static_cast<double>(exp_in_sum(row[l], tile.max[l]));
-        }
-    }
+    tile_sum_exp(x, stride, classes, lanes, tile.max, tile.sum);
     for (std::int64_t l = 0; l < lanes; ++l) tile.log_sum[l] = log_double(tile.sum[l]);
     if (with_inverse) tile_inverse(lanes, tile);
 }
