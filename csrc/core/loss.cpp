@@ -144,14 +144,15 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
 // across rows; only the target gathers and scatters are scalar.
 template <typename T>
 double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, const T* y, std::int64_t y_stride,
-                 T* grad, std::int64_t grad_stride, std::int64_t row0, std::int64_t lanes) {
+                 T* grad, std::int64_t grad_stride, std::int64_t row0, std::int64_t lanes,
+                 const TilePrefetch<T>& prefetch = TilePrefetch<T>{}) {
     const CrossEntropyProblem<T>& p = ctx.problem;
     const std::int64_t classes = ctx.classes;
     TileStats<T> tile;
     if (p.saved_stats != nullptr) {
         load_tile_stats(p.saved_stats + row0, lanes, tile);
     } else {
-        tile_stats(x, stride, classes, lanes, grad != nullptr, tile);
+        tile_stats(x, stride, classes, lanes, grad != nullptr, tile, prefetch);
     }
     if (p.save_stats != nullptr) {
         for (std::int64_t l = 0; l < lanes; ++l) p.save_stats[row0 + l] = tile.row(l);
@@ -456,7 +457,8 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             item_sum = loss_tile(ctx, problem.input + outer * view.outer_stride + lane0, view.class_stride,
                                  problem.target_prob == nullptr ? nullptr : problem.target_prob + dense_offset,
                                  view.inner, problem.grad == nullptr ? nullptr : problem.grad + dense_offset,
-                                 view.inner, outer * view.inner + lane0, lanes);
+                                 view.inner, outer * view.inner + lane0, lanes,
+                                 next_tile(problem.input, plan, view, item));
         } else {
             const std::int64_t first = range.first;
             const std::int64_t lanes = range.lanes;
@@ -469,7 +471,8 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
                 transpose_into_tile(problem.target_prob + first * classes, classes, classes, lanes, tile_target);
             }
             item_sum = loss_tile(ctx, tile_in, kTileLanes, tile_target, kTileLanes,
-                                 problem.grad == nullptr ? nullptr : tile_grad, kTileLanes, first, lanes);
+                                 problem.grad == nullptr ? nullptr : tile_grad, kTileLanes, first, lanes,
+                                 next_tile(problem.input, plan, view, item));
             if (problem.grad != nullptr) transpose_from_tile(tile_grad, classes, lanes, problem.grad + first * classes);
         }
         if (problem.partial_sums != nullptr) problem.partial_sums[item] = item_sum;

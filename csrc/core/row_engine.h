@@ -312,8 +312,37 @@ void tile_inverse(std::int64_t lanes, TileStats<T>& tile) {
 // where the tile was cut).
 constexpr std::int64_t kTileSumBlock = 64;
 
+// Where the next tile of a kernel's loop lies in memory, prefetched during this tile's sums (see the
+// Note on prefetching the next row): class c of lane block b (kAccumulators<T> lanes) at
+// next + c * class_step + b * block_step. `next` is null for none.
+template <typename T>
+struct TilePrefetch {
+    const T* next = nullptr;
+    std::int64_t class_step = 0;
+    std::int64_t block_step = 0;
+};
+
+// The tile after work item `item` of `plan` over `input`, if it is read in place: the next tile of
+// lanes (columns), or the next kTileLanes rows when they are contiguous (small_rows).
+template <typename T>
+TilePrefetch<T> next_tile(const T* input, const WorkPlan& plan, const ClassAxisView& view, std::int64_t item) {
+    constexpr int B = kAccumulators<T>;
+    TilePrefetch<T> prefetch;
+    if (item + 1 >= plan.items) return prefetch;
+    const ItemRows next = item_rows(plan, view, item + 1);
+    if (plan.strategy == Strategy::columns) {
+        prefetch = TilePrefetch<T>{input + next.outer * view.outer_stride + next.lane0, view.class_stride, B};
+    } else if (plan.strategy == Strategy::small_rows && view.outer_stride == view.classes) {
+        prefetch = TilePrefetch<T>{input + next.first * view.outer_stride, B, view.classes * B};
+    }
+    return prefetch;
+}
+
+// `prefetch`: class c of the lanes to prefetch at prefetch + c * prefetch_step, or null; asked for
+// before each block's exponentials: a prefetch among them leaves the SSE2 loop scalar.
 template <typename T, int B>
-void tile_sum_exp_lanes(const T* x, std::int64_t stride, std::int64_t classes, const T* max, double* sum) {
+void tile_sum_exp_lanes(const T* x, std::int64_t stride, std::int64_t classes, const T* max, double* sum,
+                        const T* prefetch, std::int64_t prefetch_step) {
     T shift[B];
     double total[B];
     for (int j = 0; j < B; ++j) {
@@ -322,6 +351,9 @@ void tile_sum_exp_lanes(const T* x, std::int64_t stride, std::int64_t classes, c
     }
     for (std::int64_t start = 0; start < classes; start += kTileSumBlock) {
         const std::int64_t stop = classes - start < kTileSumBlock ? classes : start + kTileSumBlock;
+        if (prefetch != nullptr) {
+            for (std::int64_t c = start; c < stop; ++c) prefetch_range(prefetch + c * prefetch_step, 0, B);
+        }
         T acc[B];
         for (int j = 0; j < B; ++j) acc[j] = T(0);
         for (std::int64_t c = start; c < stop; ++c) {
@@ -336,17 +368,21 @@ void tile_sum_exp_lanes(const T* x, std::int64_t stride, std::int64_t classes, c
 // sum[l] = sum_c exp(x[c * stride + l] - max[l]) for l < lanes (see the Note above).
 template <typename T>
 void tile_sum_exp(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, const T* max,
-                  double* sum) {
+                  double* sum, const TilePrefetch<T>& prefetch) {
     constexpr int B = kAccumulators<T>;
     std::int64_t l = 0;
-    for (; l + B <= lanes; l += B) tile_sum_exp_lanes<T, B>(x + l, stride, classes, max + l, sum + l);
-    for (; l < lanes; ++l) tile_sum_exp_lanes<T, 1>(x + l, stride, classes, max + l, sum + l);
+    for (std::int64_t block = 0; l + B <= lanes; l += B, ++block) {
+        const T* next = prefetch.next == nullptr ? nullptr : prefetch.next + block * prefetch.block_step;
+        tile_sum_exp_lanes<T, B>(x + l, stride, classes, max + l, sum + l, next, prefetch.class_step);
+    }
+    for (; l < lanes; ++l) tile_sum_exp_lanes<T, 1>(x + l, stride, classes, max + l, sum + l, nullptr, 0);
 }
 
-// Per-lane max, sum of exponentials and its log; the reciprocal too when `with_inverse`.
+// Per-lane max, sum of exponentials and its log; the reciprocal too when `with_inverse`; prefetching
+// the next tile.
 template <typename T>
 void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, bool with_inverse,
-                TileStats<T>& tile) {
+                TileStats<T>& tile, const TilePrefetch<T>& prefetch = TilePrefetch<T>{}) {
     for (std::int64_t l = 0; l < lanes; ++l) {
         tile.max[l] = negative_infinity<T>();
         tile.sum[l] = 0.0;
@@ -355,7 +391,7 @@ void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int6
         const T* row = x + c * stride;
         for (std::int64_t l = 0; l < lanes; ++l) tile.max[l] = row[l] > tile.max[l] ? row[l] : tile.max[l];
     }
-    tile_sum_exp(x, stride, classes, lanes, tile.max, tile.sum);
+    tile_sum_exp(x, stride, classes, lanes, tile.max, tile.sum, prefetch);
     for (std::int64_t l = 0; l < lanes; ++l) tile.log_sum[l] = log_double(tile.sum[l]);
     if (with_inverse) tile_inverse(lanes, tile);
 }

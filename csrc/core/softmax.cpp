@@ -34,9 +34,9 @@ void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row,
 // out[l] for logsumexp).
 template <typename T>
 void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
-                  T* out, std::int64_t out_stride) {
+                  T* out, std::int64_t out_stride, const TilePrefetch<T>& prefetch = TilePrefetch<T>{}) {
     TileStats<T> tile;
-    tile_stats(x, stride, classes, lanes, op == SoftmaxOp::softmax, tile);
+    tile_stats(x, stride, classes, lanes, op == SoftmaxOp::softmax, tile, prefetch);
     if (op == SoftmaxOp::logsumexp) {
         for (std::int64_t l = 0; l < lanes; ++l) {
             out[l] = static_cast<T>(logsumexp_from_stats(tile.row(l), x + l, stride, classes));
@@ -204,7 +204,8 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
             const T* x = problem.input + outer * view.outer_stride + lane0;
             T* out = reduces ? problem.output + outer * view.inner + lane0
                              : problem.output + outer * classes * view.inner + lane0;
-            softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner);
+            softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner,
+                         next_tile(problem.input, plan, view, item));
         } else {
             const std::int64_t first = range.first;
             const std::int64_t lanes = range.lanes;
@@ -212,10 +213,11 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
             T tile_out[kSmallClasses * kTileLanes];
             transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
                                 tile_in);
+            const TilePrefetch<T> prefetch = next_tile(problem.input, plan, view, item);
             if (reduces) {
-                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, problem.output + first, 0);
+                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, problem.output + first, 0, prefetch);
             } else {
-                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, tile_out, kTileLanes);
+                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, tile_out, kTileLanes, prefetch);
                 transpose_from_tile(tile_out, classes, lanes, problem.output + first * classes);
             }
         }
