@@ -92,8 +92,10 @@ def test_against_float64_formula(rng, dtype, shape, axis, options, cap):
     scale = max(1.0, np.abs(expected_grad).max())
     np.testing.assert_allclose(grad.astype(np.float64), expected_grad, rtol=tol["rtol"] * 4, atol=tol["atol"] * 4 * scale)
     assert grad.dtype == np.dtype(dtype)
-    # the three functions and the class agree exactly
-    np.testing.assert_array_equal(fx.cross_entropy(x, target, softcap=cap, **kwargs), loss)
+    # the gradient functions and the class agree exactly; the loss alone sums cheaper exponentials
+    # (see loss.cpp), so it may differ from theirs in the last bit
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(fx.cross_entropy(x, target, softcap=cap, **kwargs), loss, rtol=4 * eps, atol=4 * eps)
     np.testing.assert_array_equal(fx.cross_entropy_grad(x, target, softcap=cap, **kwargs), grad)
     crit = fx.CrossEntropyLoss(
         kwargs.get("weight"), axis=axis, reduction=kwargs.get("reduction", "mean"),

@@ -104,11 +104,37 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
         if (p.row_loss != nullptr) p.row_loss[row] = T(0);
         return 0.0;
     }
+    const double scale = ctx.row_scale(row);
+    double loss = 0.0;
+
+    // Note: which exponentials a row sums. An index-target row with a gradient sums the exponentials
+    // that its gradient is made of (row_exps_into), and so does one whose statistics are saved for a
+    // later gradient (the loss class), so that a gradient from saved statistics is the same to the
+    // last bit. Other rows (a loss alone, probability targets) sum exp_in_sum's terms: their losses
+    // may differ from these in the last bit.
+    if (p.target_index != nullptr && p.saved_stats == nullptr && (grad != nullptr || p.save_stats != nullptr)) {
+        // Everything that reads the logits is done before they may be overwritten (grad may be x).
+        const std::int64_t t = p.target_index[row];
+        const double target_logit = static_cast<double>(x[t]);
+        const double weight_t = ctx.class_weight(t);
+        const T max = row_max(x, classes);
+        const bool smoothed_loss = ctx.smoothing > 0.0 && ctx.needs_loss;
+        const double weighted_sum = smoothed_loss ? row_weighted_sum(x, p.weight, classes, max) : 0.0;
+        const RowStats stats{static_cast<double>(max), std::log(row_exps_into(x, grad, classes, max, next))};
+        if (p.save_stats != nullptr) p.save_stats[row] = stats;
+        if (ctx.needs_loss) loss = ctx.index_loss(stats, target_logit, weight_t, weighted_sum);
+        if (grad != nullptr) {
+            scale_index_grad(p.weight, grad, classes, stats, static_cast<T>(ctx.grad_a(weight_t, stats)),
+                             static_cast<T>(ctx.grad_b()), static_cast<T>(scale));
+            grad[t] = static_cast<T>(ctx.target_grad(stats, target_logit, t, scale));
+        }
+        if (p.row_loss != nullptr) p.row_loss[row] = static_cast<T>(loss);
+        return loss;
+    }
+
     const RowStats stats = p.saved_stats != nullptr ? p.saved_stats[row] : row_stats(x, classes, next);
     if (p.save_stats != nullptr) p.save_stats[row] = stats;
     const T max = static_cast<T>(stats.max);
-    const double scale = ctx.row_scale(row);
-    double loss = 0.0;
 
     if (p.target_index != nullptr) {
         const std::int64_t t = p.target_index[row];

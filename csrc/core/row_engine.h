@@ -275,6 +275,81 @@ void write_index_grad(const T* x, const T* weight, T* grad, std::int64_t n, cons
     }
 }
 
+template <typename T>
+double row_written_exps_sum(const T* x, std::int64_t n, T shift, const T* next) {
+    constexpr int L = kAccumulators<T>;
+    double total = 0.0;
+    for (std::int64_t start = 0; start < n; start += kSumBlock) {
+        const std::int64_t stop = n - start < kSumBlock ? n : start + kSumBlock;
+        T acc[L];
+        for (int j = 0; j < L; ++j) acc[j] = T(0);
+        std::int64_t i = start;
+        for (std::int64_t part = start; part < stop; part += kPrefetchPart) {
+            const std::int64_t part_stop = stop - part < kPrefetchPart ? stop : part + kPrefetchPart;
+            if (next != nullptr) prefetch_range(next, part, part_stop);
+            for (; i + L <= part_stop; i += L) {
+                for (int j = 0; j < L; ++j) acc[j] += fast_exp(x[i + j] - shift);
+            }
+        }
+        for (; i < stop; ++i) acc[0] += fast_exp(x[i] - shift);
+        total += static_cast<double>(fold_sum(acc));
+    }
+    return total;
+}
+
+// Note: the gradient's exponentials, computed once. A row's gradient needs e_i = exp(x_i - max) for
+// the sum and again for p_i = e_i / sum. row_exps_into writes the e_i (fast_exp, as everything
+// written out) into the gradient's row while it sums them (in T within blocks, as row_sum_exp), and
+// scale_index_grad then turns them into the gradient in place: one exponential per element instead
+// of two. `out` may be `x` itself (element i is read before it is written).
+// With `out` null, only the sum (of the same terms, so that statistics saved for a later gradient
+// agree with it to the last bit).
+template <typename T>
+double row_exps_into(const T* x, T* out, std::int64_t n, T shift, const T* next) {
+    if (out == nullptr) return row_written_exps_sum(x, n, shift, next);
+    constexpr int L = kAccumulators<T>;
+    static_assert(kPrefetchPart % L == 0, "whole accumulator groups per part");
+    double total = 0.0;
+    for (std::int64_t start = 0; start < n; start += kSumBlock) {
+        const std::int64_t stop = n - start < kSumBlock ? n : start + kSumBlock;
+        T acc[L];
+        for (int j = 0; j < L; ++j) acc[j] = T(0);
+        std::int64_t i = start;
+        for (std::int64_t part = start; part < stop; part += kPrefetchPart) {
+            const std::int64_t part_stop = stop - part < kPrefetchPart ? stop : part + kPrefetchPart;
+            if (next != nullptr) prefetch_range(next, part, part_stop);
+            for (; i + L <= part_stop; i += L) {
+                for (int j = 0; j < L; ++j) {
+                    const T e = fast_exp(x[i + j] - shift);
+                    out[i + j] = e;
+                    acc[j] += e;
+                }
+            }
+        }
+        for (; i < stop; ++i) {
+            const T e = fast_exp(x[i] - shift);
+            out[i] = e;
+            acc[0] += e;
+        }
+        total += static_cast<double>(fold_sum(acc));
+    }
+    return total;
+}
+
+// write_index_grad on the e_i that row_exps_into left in grad.
+template <typename T>
+void scale_index_grad(const T* weight, T* grad, std::int64_t n, const RowStats& stats, T a, T b, T scale) {
+    const T inverse = inverse_sum<T>(stats);
+    if (b == T(0)) {
+        const T coefficient = a * inverse * scale;
+        for (std::int64_t i = 0; i < n; ++i) grad[i] = grad[i] * coefficient;
+    } else if (weight == nullptr) {
+        for (std::int64_t i = 0; i < n; ++i) grad[i] = (grad[i] * inverse * a - b) * scale;
+    } else {
+        for (std::int64_t i = 0; i < n; ++i) grad[i] = (grad[i] * inverse * a - b * weight[i]) * scale;
+    }
+}
+
 // grad_i = scale * (p_i * U - u_i): the probability-target gradient.
 template <typename T>
 void write_probability_grad(const T* x, const T* y, const ProbabilityWeights<T>& u, T* grad,
