@@ -395,6 +395,7 @@ struct TilePrefetch {
     const T* next = nullptr;
     std::int64_t class_step = 0;
     std::int64_t block_step = 0;
+    std::int64_t blocks = 0;  // whole lane blocks of the next tile: nothing past them is asked for
 };
 
 // The tile after work item `item` of `plan` over `input`, if it is read in place: the next tile of
@@ -406,9 +407,11 @@ TilePrefetch<T> next_tile(const T* input, const WorkPlan& plan, const ClassAxisV
     if (item + 1 >= plan.items) return prefetch;
     const ItemRows next = item_rows(plan, view, item + 1);
     if (plan.strategy == Strategy::columns) {
-        prefetch = TilePrefetch<T>{input + next.outer * view.outer_stride + next.lane0, view.class_stride, B};
+        prefetch = TilePrefetch<T>{input + next.outer * view.outer_stride + next.lane0, view.class_stride, B,
+                                   next.lanes / B};
     } else if (plan.strategy == Strategy::small_rows && view.outer_stride == view.classes) {
-        prefetch = TilePrefetch<T>{input + next.first * view.outer_stride, B, view.classes * B};
+        // Block b is rows b * B .. (b + 1) * B - 1 of the next tile, contiguous.
+        prefetch = TilePrefetch<T>{input + next.first * view.outer_stride, B, view.classes * B, next.lanes / B};
     }
     return prefetch;
 }
@@ -447,7 +450,7 @@ void tile_sum_exp(const T* x, std::int64_t stride, std::int64_t classes, std::in
     constexpr int B = kAccumulators<T>;
     std::int64_t l = 0;
     for (std::int64_t block = 0; l + B <= lanes; l += B, ++block) {
-        const T* next = prefetch.next == nullptr ? nullptr : prefetch.next + block * prefetch.block_step;
+        const T* next = block < prefetch.blocks ? prefetch.next + block * prefetch.block_step : nullptr;
         tile_sum_exp_lanes<T, B>(x + l, stride, classes, max + l, sum + l, next, prefetch.class_step);
     }
     for (; l < lanes; ++l) tile_sum_exp_lanes<T, 1>(x + l, stride, classes, max + l, sum + l, nullptr, 0);
