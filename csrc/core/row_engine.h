@@ -141,9 +141,15 @@ inline void prefetch_range(const T* next, std::int64_t first, std::int64_t last)
 #endif
 }
 
-// sum_i exp(x_i - shift), blocked as described above; prefetching `next` (see the Note above).
-template <typename T>
-double row_sum_exp(const T* x, std::int64_t n, T shift, const T* next = nullptr) {
+// Which exponentials a sum adds: exp_in_sum's (a loss, a logsumexp), or fast_exp's, those a gradient
+// is written with (see the Note on the gradient's exponentials below), and then whether they are also
+// stored.
+enum class SumTerms { in_sum, written, written_and_stored };
+
+// sum_i exp(x_i - shift), blocked as described above, with the given terms (stored into out[i] for
+// written_and_stored; out may be x itself); prefetching `next` (see the Note above).
+template <typename T, SumTerms terms>
+double row_sum_terms(const T* x, T* out, std::int64_t n, T shift, const T* next) {
     constexpr int L = kAccumulators<T>;
     static_assert(kPrefetchPart % L == 0, "whole accumulator groups per part: the sum's order is kept");
     double total = 0.0;
@@ -156,13 +162,34 @@ double row_sum_exp(const T* x, std::int64_t n, T shift, const T* next = nullptr)
             const std::int64_t part_stop = stop - part < kPrefetchPart ? stop : part + kPrefetchPart;
             if (next != nullptr) prefetch_range(next, part, part_stop);
             for (; i + L <= part_stop; i += L) {
-                for (int j = 0; j < L; ++j) acc[j] += exp_in_sum(x[i + j], shift);
+                for (int j = 0; j < L; ++j) {
+                    if constexpr (terms == SumTerms::in_sum) {
+                        acc[j] += exp_in_sum(x[i + j], shift);
+                    } else {
+                        const T e = fast_exp(x[i + j] - shift);
+                        if constexpr (terms == SumTerms::written_and_stored) out[i + j] = e;
+                        acc[j] += e;
+                    }
+                }
             }
         }
-        for (; i < stop; ++i) acc[0] += exp_in_sum(x[i], shift);
+        for (; i < stop; ++i) {
+            if constexpr (terms == SumTerms::in_sum) {
+                acc[0] += exp_in_sum(x[i], shift);
+            } else {
+                const T e = fast_exp(x[i] - shift);
+                if constexpr (terms == SumTerms::written_and_stored) out[i] = e;
+                acc[0] += e;
+            }
+        }
         total += static_cast<double>(fold_sum(acc));
     }
     return total;
+}
+
+template <typename T>
+double row_sum_exp(const T* x, std::int64_t n, T shift, const T* next = nullptr) {
+    return row_sum_terms<T, SumTerms::in_sum>(x, nullptr, n, shift, next);
 }
 
 // sum_i u_i * (x_i - shift) in double, with u_i = weight_i (or 1 when weight is null).
@@ -275,28 +302,6 @@ void write_index_grad(const T* x, const T* weight, T* grad, std::int64_t n, cons
     }
 }
 
-template <typename T>
-double row_written_exps_sum(const T* x, std::int64_t n, T shift, const T* next) {
-    constexpr int L = kAccumulators<T>;
-    double total = 0.0;
-    for (std::int64_t start = 0; start < n; start += kSumBlock) {
-        const std::int64_t stop = n - start < kSumBlock ? n : start + kSumBlock;
-        T acc[L];
-        for (int j = 0; j < L; ++j) acc[j] = T(0);
-        std::int64_t i = start;
-        for (std::int64_t part = start; part < stop; part += kPrefetchPart) {
-            const std::int64_t part_stop = stop - part < kPrefetchPart ? stop : part + kPrefetchPart;
-            if (next != nullptr) prefetch_range(next, part, part_stop);
-            for (; i + L <= part_stop; i += L) {
-                for (int j = 0; j < L; ++j) acc[j] += fast_exp(x[i + j] - shift);
-            }
-        }
-        for (; i < stop; ++i) acc[0] += fast_exp(x[i] - shift);
-        total += static_cast<double>(fold_sum(acc));
-    }
-    return total;
-}
-
 // Note: the gradient's exponentials, computed once. A row's gradient needs e_i = exp(x_i - max) for
 // the sum and again for p_i = e_i / sum. row_exps_into writes the e_i (fast_exp, as everything
 // written out) into the gradient's row while it sums them (in T within blocks, as row_sum_exp), and
@@ -306,34 +311,8 @@ double row_written_exps_sum(const T* x, std::int64_t n, T shift, const T* next) 
 // agree with it to the last bit).
 template <typename T>
 double row_exps_into(const T* x, T* out, std::int64_t n, T shift, const T* next) {
-    if (out == nullptr) return row_written_exps_sum(x, n, shift, next);
-    constexpr int L = kAccumulators<T>;
-    static_assert(kPrefetchPart % L == 0, "whole accumulator groups per part");
-    double total = 0.0;
-    for (std::int64_t start = 0; start < n; start += kSumBlock) {
-        const std::int64_t stop = n - start < kSumBlock ? n : start + kSumBlock;
-        T acc[L];
-        for (int j = 0; j < L; ++j) acc[j] = T(0);
-        std::int64_t i = start;
-        for (std::int64_t part = start; part < stop; part += kPrefetchPart) {
-            const std::int64_t part_stop = stop - part < kPrefetchPart ? stop : part + kPrefetchPart;
-            if (next != nullptr) prefetch_range(next, part, part_stop);
-            for (; i + L <= part_stop; i += L) {
-                for (int j = 0; j < L; ++j) {
-                    const T e = fast_exp(x[i + j] - shift);
-                    out[i + j] = e;
-                    acc[j] += e;
-                }
-            }
-        }
-        for (; i < stop; ++i) {
-            const T e = fast_exp(x[i] - shift);
-            out[i] = e;
-            acc[0] += e;
-        }
-        total += static_cast<double>(fold_sum(acc));
-    }
-    return total;
+    if (out == nullptr) return row_sum_terms<T, SumTerms::written>(x, nullptr, n, shift, next);
+    return row_sum_terms<T, SumTerms::written_and_stored>(x, out, n, shift, next);
 }
 
 // write_index_grad on the e_i that row_exps_into left in grad.

@@ -52,10 +52,11 @@ struct RowScore {
 // when `with_entropy`.
 //
 // `first_pass`, when given, is the first pass already made (as the row was staged); `next`, the next
-// row to be scored, prefetched (see row_engine.h), or null.
+// row to be scored, prefetched (see row_engine.h), or null. Not inlined: inlined into the span
+// kernel, its SSE2 sum of exponentials was left scalar.
 template <typename T>
 [[gnu::noinline]] RowScore<T> score_row(const T* x, std::int64_t classes, T value, bool with_entropy,
-                      const MaxArgmaxCount<T>* first_pass = nullptr, const T* next = nullptr) {
+                                        const MaxArgmaxCount<T>* first_pass = nullptr, const T* next = nullptr) {
     RowScore<T> score;
     if (first_pass != nullptr) {
         score.max = first_pass->max;
