@@ -94,7 +94,7 @@ struct LossContext {
 // One contiguous row, its gradient (if wanted) to `grad`, which may be `x` itself. Returns its loss
 // (0 for an ignored row). `next`: the next row, prefetched (see row_engine.h), or null.
 template <typename T>
-double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad, const T* next = nullptr) {
+double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad, NextRow next = {}) {
     const CrossEntropyProblem<T>& p = ctx.problem;
     const std::int64_t classes = ctx.classes;
     if (ctx.ignored(row)) {
@@ -422,7 +422,8 @@ template <typename T>
     if (plan.strategy == Strategy::rows) {
         for (std::int64_t row = range.first; row < range.last; ++row) {
             ctx.logits.load(row * view.outer_stride, classes, values, slope);
-            item_sum += loss_row(ctx, values, row, grad);
+            item_sum += loss_row(ctx, values, row, grad,
+                                 stored_row(ctx.logits, (row + 1) * view.outer_stride, row + 1 < view.rows()));
             if (has_grad) ctx.grad.store(row * classes, values, slope, classes);
         }
     } else if (plan.strategy == Strategy::columns) {

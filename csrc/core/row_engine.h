@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 
@@ -141,6 +142,33 @@ inline void prefetch_range(const T* next, std::int64_t first, std::int64_t last)
 #endif
 }
 
+// The next row to prefetch, as stored: its elements may be narrower than those computed on (a 16-bit
+// row read through a staging buffer), so it is kept as bytes and an element size. Null for none.
+struct NextRow {
+    const char* data = nullptr;
+    std::int64_t element_size = 0;
+
+    NextRow() = default;
+    NextRow(std::nullptr_t) {}
+    template <typename E>
+    NextRow(const E* row)
+        : data(reinterpret_cast<const char*>(row)), element_size(static_cast<std::int64_t>(sizeof(E))) {}
+    NextRow(const void* row, std::int64_t size) : data(static_cast<const char*>(row)), element_size(size) {}
+
+    explicit operator bool() const { return data != nullptr; }
+};
+
+// The row at `offset` of the logits, as stored, if there is one (`exists`).
+template <typename L>
+NextRow stored_row(const L& logits, std::int64_t offset, bool exists) {
+    return exists ? NextRow(logits.stored(offset), logits.stored_size()) : NextRow();
+}
+
+// Elements [first, last) of the next row.
+inline void prefetch_range(const NextRow& next, std::int64_t first, std::int64_t last) {
+    prefetch_range(next.data, first * next.element_size, last * next.element_size);
+}
+
 // Which exponentials a sum adds: exp_in_sum's (a loss, a logsumexp), or fast_exp's, those a gradient
 // is written with (see the Note on the gradient's exponentials below), and then whether they are also
 // stored.
@@ -149,7 +177,7 @@ enum class SumTerms { in_sum, written, written_and_stored };
 // sum_i exp(x_i - shift), blocked as described above, with the given terms (stored into out[i] for
 // written_and_stored; out may be x itself); prefetching `next` (see the Note above).
 template <typename T, SumTerms terms>
-double row_sum_terms(const T* x, T* out, std::int64_t n, T shift, const T* next) {
+double row_sum_terms(const T* x, T* out, std::int64_t n, T shift, NextRow next) {
     constexpr int L = kAccumulators<T>;
     static_assert(kPrefetchPart % L == 0, "whole accumulator groups per part: the sum's order is kept");
     double total = 0.0;
@@ -160,7 +188,7 @@ double row_sum_terms(const T* x, T* out, std::int64_t n, T shift, const T* next)
         std::int64_t i = start;
         for (std::int64_t part = start; part < stop; part += kPrefetchPart) {
             const std::int64_t part_stop = stop - part < kPrefetchPart ? stop : part + kPrefetchPart;
-            if (next != nullptr) prefetch_range(next, part, part_stop);
+            if (next) prefetch_range(next, part, part_stop);
             for (; i + L <= part_stop; i += L) {
                 for (int j = 0; j < L; ++j) {
                     if constexpr (terms == SumTerms::in_sum) {
@@ -188,7 +216,7 @@ double row_sum_terms(const T* x, T* out, std::int64_t n, T shift, const T* next)
 }
 
 template <typename T>
-double row_sum_exp(const T* x, std::int64_t n, T shift, const T* next = nullptr) {
+double row_sum_exp(const T* x, std::int64_t n, T shift, NextRow next = {}) {
     return row_sum_terms<T, SumTerms::in_sum>(x, nullptr, n, shift, next);
 }
 
@@ -254,7 +282,7 @@ void row_probability_sums(const T* x, const T* y, const ProbabilityWeights<T>& u
 
 // Row statistics of a contiguous row; prefetching `next`, the next row (or null).
 template <typename T>
-RowStats row_stats(const T* x, std::int64_t n, const T* next = nullptr) {
+RowStats row_stats(const T* x, std::int64_t n, NextRow next = {}) {
     const T max = row_max(x, n);
     const double sum = row_sum_exp(x, n, max, next);
     return RowStats{static_cast<double>(max), std::log(sum)};
@@ -310,7 +338,7 @@ void write_index_grad(const T* x, const T* weight, T* grad, std::int64_t n, cons
 // With `out` null, only the sum (of the same terms, so that statistics saved for a later gradient
 // agree with it to the last bit).
 template <typename T>
-double row_exps_into(const T* x, T* out, std::int64_t n, T shift, const T* next) {
+double row_exps_into(const T* x, T* out, std::int64_t n, T shift, NextRow next) {
     if (out == nullptr) return row_sum_terms<T, SumTerms::written>(x, nullptr, n, shift, next);
     return row_sum_terms<T, SumTerms::written_and_stored>(x, out, n, shift, next);
 }
@@ -692,7 +720,7 @@ inline double zero_below(double shifted) { return shifted < -708.3964185322641 ?
 
 template <typename T>
 void row_sum_exp_and_moment(const T* x, std::int64_t n, T shift, double& sum, double& moment,
-                            const T* next = nullptr) {
+                            NextRow next = {}) {
     constexpr int L = kAccumulators<T>;
     static_assert(kPrefetchPart % L == 0, "whole accumulator groups per part: the sums' order is kept");
     sum = 0.0;
@@ -705,7 +733,7 @@ void row_sum_exp_and_moment(const T* x, std::int64_t n, T shift, double& sum, do
         std::int64_t i = start;
         for (std::int64_t part = start; part < stop; part += kPrefetchPart) {
             const std::int64_t part_stop = stop - part < kPrefetchPart ? stop : part + kPrefetchPart;
-            if (next != nullptr) prefetch_range(next, part, part_stop);
+            if (next) prefetch_range(next, part, part_stop);
             for (; i + L <= part_stop; i += L) {
                 for (int j = 0; j < L; ++j) {
                     const T e = exp_in_sum(x[i + j], shift);

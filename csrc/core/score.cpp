@@ -56,7 +56,7 @@ struct RowScore {
 // kernel, its SSE2 sum of exponentials was left scalar.
 template <typename T>
 [[gnu::noinline]] RowScore<T> score_row(const T* x, std::int64_t classes, T value, bool with_entropy,
-                                        const MaxArgmaxCount<T>* first_pass = nullptr, const T* next = nullptr) {
+                                        const MaxArgmaxCount<T>* first_pass = nullptr, NextRow next = {}) {
     RowScore<T> score;
     if (first_pass != nullptr) {
         score.max = first_pass->max;
@@ -127,7 +127,7 @@ MaxArgmaxCount<T> load_with_first_pass(const Logits<T>& logits, std::int64_t off
 // Every statistic of one contiguous row and its candidates; `first_pass` and `next` as in score_row.
 template <typename T>
 void score_whole_row(const ScoreProblem<T>& p, const T* x, std::int64_t row,
-                     const MaxArgmaxCount<T>* first_pass = nullptr, const T* next = nullptr) {
+                     const MaxArgmaxCount<T>* first_pass = nullptr, NextRow next = {}) {
     const std::int64_t classes = p.view.classes;
     const std::int64_t* target = p.target + row * p.candidates;
     const RowScore<T> score = score_row(x, classes, first_candidate_logit(p, x, row), true, first_pass, next);
@@ -194,15 +194,17 @@ void score_item_staged(const ScoreProblem<T>& problem, const Logits<T>& logits, 
         const bool fused = stages_in_first_pass(logits, classes);
         for (std::int64_t row = range.first; row < range.last; ++row) {
             const std::int64_t offset = row * view.outer_stride;
+            const NextRow next = stored_row(logits, offset + view.outer_stride, row + 1 < view.rows());
             if (fused) {
                 const T value = problem.candidates > 0
                                     ? logits.at(offset + problem.target[row * problem.candidates])
                                     : std::numeric_limits<T>::quiet_NaN();
                 const MaxArgmaxCount<T> pass = load_with_first_pass(logits, offset, classes, value, buffer);
-                score_whole_row(problem, buffer, row, &pass);
+                score_whole_row(problem, buffer, row, &pass, next);
             } else {
                 logits.load(offset, classes, buffer, nullptr);
-                score_whole_row(problem, buffer, row);
+                const MaxArgmaxCount<T>* no_pass = nullptr;
+                score_whole_row(problem, buffer, row, no_pass, next);
             }
         }
     } else if (plan.strategy == Strategy::columns) {
@@ -295,14 +297,16 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
                 const std::int64_t t = problem.target[row];
                 const bool fused = view.inner == 1 && stages_in_first_pass(logits, classes);
                 MaxArgmaxCount<T> pass;
-                const T* next = nullptr;  // the next covered row, when read in place
+                NextRow next;  // the next covered row
+                const bool next_covered = row + 1 < rows && problem.row_covered[row + 1] != 0;
                 if (fused) {
                     const std::int64_t offset = row * view.outer_stride;
                     pass = load_with_first_pass(logits, offset, classes, logits.at(offset + t), buffer);
+                    next = stored_row(logits, offset + view.outer_stride, next_covered);
                     x = buffer;
                 } else if (view.inner == 1) {
                     x = logits.read(row * view.outer_stride, classes, buffer, nullptr);
-                    if (contiguous && row + 1 < rows && problem.row_covered[row + 1] != 0) next = x + view.outer_stride;
+                    next = stored_row(logits, (row + 1) * view.outer_stride, next_covered);
                 } else {
                     const std::int64_t source = (row / view.inner) * view.outer_stride + row % view.inner;
                     for (std::int64_t c = 0; c < classes; ++c) buffer[c] = logits.at(source + c * view.class_stride);

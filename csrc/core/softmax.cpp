@@ -14,7 +14,7 @@ namespace {
 // One contiguous row: statistics, then the output row `out` (which may be `x`), or its logsumexp.
 // `next`: the next row, prefetched (see row_engine.h), or null.
 template <typename T>
-void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row, T* out, const T* next = nullptr) {
+void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row, T* out, NextRow next = {}) {
     const std::int64_t classes = problem.view.classes;
     const RowStats stats = row_stats(x, classes, next);
     switch (problem.op) {
@@ -141,7 +141,8 @@ template <typename T>
     if (plan.strategy == Strategy::rows) {
         for (std::int64_t row = range.first; row < range.last; ++row) {
             logits.load(row * view.outer_stride, classes, buffer, nullptr);
-            softmax_row(problem, buffer, row, buffer);
+            softmax_row(problem, buffer, row, buffer,
+                        stored_row(logits, (row + 1) * view.outer_stride, row + 1 < view.rows()));
             if (!reduces) output.store(row * classes, buffer, nullptr, classes);
         }
     } else if (plan.strategy == Strategy::columns) {

@@ -175,6 +175,14 @@ struct Logits {
         return buffer;
     }
 
+    // Where element `offset` is stored, and the size of a stored element (for prefetching).
+    const void* stored(std::int64_t offset) const {
+        return half != nullptr ? static_cast<const void*>(half + offset) : static_cast<const void*>(native + offset);
+    }
+    std::int64_t stored_size() const {
+        return half != nullptr ? static_cast<std::int64_t>(sizeof(std::uint16_t)) : static_cast<std::int64_t>(sizeof(T));
+    }
+
     // One element, converted and capped.
     T at(std::int64_t offset) const {
         T value;
