@@ -169,6 +169,21 @@ inline void prefetch_range(const NextRow& next, std::int64_t first, std::int64_t
     prefetch_range(next.data, first * next.element_size, last * next.element_size);
 }
 
+// The groups of L elements of [start, stop), in order: body(i) for each group's first element i,
+// the parts of kPrefetchPart elements of the next row prefetched as they come (see the Note above;
+// the prefetches stay outside the vectorised loop). Returns the first element not in a whole group.
+template <int L, typename Body>
+std::int64_t for_each_group(std::int64_t start, std::int64_t stop, NextRow next, Body body) {
+    static_assert(kPrefetchPart % L == 0, "whole groups per part: a sum's order is kept");
+    std::int64_t i = start;
+    for (std::int64_t part = start; part < stop; part += kPrefetchPart) {
+        const std::int64_t part_stop = stop - part < kPrefetchPart ? stop : part + kPrefetchPart;
+        if (next) prefetch_range(next, part, part_stop);
+        for (; i + L <= part_stop; i += L) body(i);
+    }
+    return i;
+}
+
 // Which exponentials a sum adds: exp_in_sum's (a loss, a logsumexp), or fast_exp's, those a gradient
 // is written with (see the Note on the gradient's exponentials below), and then whether they are also
 // stored.
@@ -179,28 +194,22 @@ enum class SumTerms { in_sum, written, written_and_stored };
 template <typename T, SumTerms terms>
 double row_sum_terms(const T* x, T* out, std::int64_t n, T shift, NextRow next) {
     constexpr int L = kAccumulators<T>;
-    static_assert(kPrefetchPart % L == 0, "whole accumulator groups per part: the sum's order is kept");
     double total = 0.0;
     for (std::int64_t start = 0; start < n; start += kSumBlock) {
         const std::int64_t stop = n - start < kSumBlock ? n : start + kSumBlock;
         T acc[L];
         for (int j = 0; j < L; ++j) acc[j] = T(0);
-        std::int64_t i = start;
-        for (std::int64_t part = start; part < stop; part += kPrefetchPart) {
-            const std::int64_t part_stop = stop - part < kPrefetchPart ? stop : part + kPrefetchPart;
-            if (next) prefetch_range(next, part, part_stop);
-            for (; i + L <= part_stop; i += L) {
-                for (int j = 0; j < L; ++j) {
-                    if constexpr (terms == SumTerms::in_sum) {
-                        acc[j] += exp_in_sum(x[i + j], shift);
-                    } else {
-                        const T e = fast_exp(x[i + j] - shift);
-                        if constexpr (terms == SumTerms::written_and_stored) out[i + j] = e;
-                        acc[j] += e;
-                    }
+        std::int64_t i = for_each_group<L>(start, stop, next, [&](std::int64_t first) {
+            for (int j = 0; j < L; ++j) {
+                if constexpr (terms == SumTerms::in_sum) {
+                    acc[j] += exp_in_sum(x[first + j], shift);
+                } else {
+                    const T e = fast_exp(x[first + j] - shift);
+                    if constexpr (terms == SumTerms::written_and_stored) out[first + j] = e;
+                    acc[j] += e;
                 }
             }
-        }
+        });
         for (; i < stop; ++i) {
             if constexpr (terms == SumTerms::in_sum) {
                 acc[0] += exp_in_sum(x[i], shift);
@@ -722,7 +731,6 @@ template <typename T>
 void row_sum_exp_and_moment(const T* x, std::int64_t n, T shift, double& sum, double& moment,
                             NextRow next = {}) {
     constexpr int L = kAccumulators<T>;
-    static_assert(kPrefetchPart % L == 0, "whole accumulator groups per part: the sums' order is kept");
     sum = 0.0;
     moment = 0.0;
     for (std::int64_t start = 0; start < n; start += kSumBlock) {
@@ -730,18 +738,13 @@ void row_sum_exp_and_moment(const T* x, std::int64_t n, T shift, double& sum, do
         T sum_acc[L];
         T moment_acc[L];
         for (int j = 0; j < L; ++j) sum_acc[j] = moment_acc[j] = T(0);
-        std::int64_t i = start;
-        for (std::int64_t part = start; part < stop; part += kPrefetchPart) {
-            const std::int64_t part_stop = stop - part < kPrefetchPart ? stop : part + kPrefetchPart;
-            if (next) prefetch_range(next, part, part_stop);
-            for (; i + L <= part_stop; i += L) {
-                for (int j = 0; j < L; ++j) {
-                    const T e = exp_in_sum(x[i + j], shift);
-                    sum_acc[j] += e;
-                    moment_acc[j] += e * zero_below(x[i + j] - shift);
-                }
+        std::int64_t i = for_each_group<L>(start, stop, next, [&](std::int64_t first) {
+            for (int j = 0; j < L; ++j) {
+                const T e = exp_in_sum(x[first + j], shift);
+                sum_acc[j] += e;
+                moment_acc[j] += e * zero_below(x[first + j] - shift);
             }
-        }
+        });
         for (; i < stop; ++i) {
             const T e = exp_in_sum(x[i], shift);
             sum_acc[0] += e;
