@@ -422,8 +422,7 @@ template <typename T>
     if (plan.strategy == Strategy::rows) {
         for (std::int64_t row = range.first; row < range.last; ++row) {
             ctx.logits.load(row * view.outer_stride, classes, values, slope);
-            item_sum += loss_row(ctx, values, row, grad,
-                                 stored_row(ctx.logits, (row + 1) * view.outer_stride, row + 1 < view.rows()));
+            item_sum += loss_row(ctx, values, row, grad, next_row(ctx.logits, view, row));
             if (has_grad) ctx.grad.store(row * classes, values, slope, classes);
         }
     } else if (plan.strategy == Strategy::columns) {
@@ -472,9 +471,9 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             item_sum = loss_item_staged(ctx, plan, range, thread_staging(problem.staging, per_thread, capped));
         } else if (plan.strategy == Strategy::rows) {
             for (std::int64_t row = range.first; row < range.last; ++row) {
-                const T* x = problem.input + row * view.outer_stride;
-                item_sum += loss_row(ctx, x, row, problem.grad == nullptr ? nullptr : problem.grad + row * classes,
-                                     row + 1 < rows ? x + view.outer_stride : nullptr);
+                item_sum += loss_row(ctx, problem.input + row * view.outer_stride, row,
+                                     problem.grad == nullptr ? nullptr : problem.grad + row * classes,
+                                     next_row(ctx.logits, view, row));
             }
         } else if (plan.strategy == Strategy::columns) {
             const std::int64_t outer = range.outer;

@@ -158,10 +158,12 @@ struct NextRow {
     explicit operator bool() const { return data != nullptr; }
 };
 
-// The row at `offset` of the logits, as stored, if there is one (`exists`).
+// The row after `row` of the logits (a Logits, staging.h) as stored, to prefetch: none after the
+// last row, or when not `wanted`.
 template <typename L>
-NextRow stored_row(const L& logits, std::int64_t offset, bool exists) {
-    return exists ? NextRow(logits.stored(offset), logits.stored_size()) : NextRow();
+NextRow next_row(const L& logits, const ClassAxisView& view, std::int64_t row, bool wanted = true) {
+    if (!wanted || row + 1 >= view.rows()) return NextRow();
+    return NextRow(logits.stored((row + 1) * view.outer_stride), logits.stored_size());
 }
 
 // Elements [first, last) of the next row.
@@ -321,22 +323,26 @@ void write_softmax(const T* x, T* out, std::int64_t n, const RowStats& stats) {
     for (std::int64_t i = 0; i < n; ++i) out[i] = fast_exp(x[i] - max) * inverse;
 }
 
-// grad_i = scale * (p_i * a - b * w_i): the index-target gradient without its target term.
+// grad_i = scale * (p_i * a - b * w_i): the index-target gradient without its target term, with
+// p_i = e(i) / sum, e(i) = exp(x_i - max) (computed here, or already in grad: scale_index_grad).
+template <typename T, typename Exp>
+void index_grad_from(Exp e, const T* weight, T* grad, std::int64_t n, const RowStats& stats, T a, T b, T scale) {
+    const T inverse = inverse_sum<T>(stats);
+    if (b == T(0)) {
+        const T coefficient = a * inverse * scale;
+        for (std::int64_t i = 0; i < n; ++i) grad[i] = e(i) * coefficient;
+    } else if (weight == nullptr) {
+        for (std::int64_t i = 0; i < n; ++i) grad[i] = (e(i) * inverse * a - b) * scale;
+    } else {
+        for (std::int64_t i = 0; i < n; ++i) grad[i] = (e(i) * inverse * a - b * weight[i]) * scale;
+    }
+}
+
 template <typename T>
 void write_index_grad(const T* x, const T* weight, T* grad, std::int64_t n, const RowStats& stats,
                       T a, T b, T scale) {
     const T max = static_cast<T>(stats.max);
-    const T inverse = inverse_sum<T>(stats);
-    if (b == T(0)) {
-        const T coefficient = a * inverse * scale;
-        for (std::int64_t i = 0; i < n; ++i) grad[i] = fast_exp(x[i] - max) * coefficient;
-    } else if (weight == nullptr) {
-        for (std::int64_t i = 0; i < n; ++i) grad[i] = (fast_exp(x[i] - max) * inverse * a - b) * scale;
-    } else {
-        for (std::int64_t i = 0; i < n; ++i) {
-            grad[i] = (fast_exp(x[i] - max) * inverse * a - b * weight[i]) * scale;
-        }
-    }
+    index_grad_from([x, max](std::int64_t i) { return fast_exp(x[i] - max); }, weight, grad, n, stats, a, b, scale);
 }
 
 // Note: the gradient's exponentials, computed once. A row's gradient needs e_i = exp(x_i - max) for
@@ -355,15 +361,7 @@ double row_exps_into(const T* x, T* out, std::int64_t n, T shift, NextRow next) 
 // write_index_grad on the e_i that row_exps_into left in grad.
 template <typename T>
 void scale_index_grad(const T* weight, T* grad, std::int64_t n, const RowStats& stats, T a, T b, T scale) {
-    const T inverse = inverse_sum<T>(stats);
-    if (b == T(0)) {
-        const T coefficient = a * inverse * scale;
-        for (std::int64_t i = 0; i < n; ++i) grad[i] = grad[i] * coefficient;
-    } else if (weight == nullptr) {
-        for (std::int64_t i = 0; i < n; ++i) grad[i] = (grad[i] * inverse * a - b) * scale;
-    } else {
-        for (std::int64_t i = 0; i < n; ++i) grad[i] = (grad[i] * inverse * a - b * weight[i]) * scale;
-    }
+    index_grad_from([grad](std::int64_t i) { return grad[i]; }, weight, grad, n, stats, a, b, scale);
 }
 
 // grad_i = scale * (p_i * U - u_i): the probability-target gradient.

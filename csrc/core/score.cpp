@@ -51,12 +51,12 @@ struct RowScore {
 // first candidate's logit; see row_max_argmax_count), then the exponentials, with the entropy's moment
 // when `with_entropy`.
 //
-// `first_pass`, when given, is the first pass already made (as the row was staged); `next`, the next
-// row to be scored, prefetched (see row_engine.h), or null. Not inlined: inlined into the span
+// `next`: the next row to be scored, prefetched (see row_engine.h), or none; `first_pass`, when
+// given, is the first pass already made (as the row was staged). Not inlined: inlined into the span
 // kernel, its SSE2 sum of exponentials was left scalar.
 template <typename T>
 [[gnu::noinline]] RowScore<T> score_row(const T* x, std::int64_t classes, T value, bool with_entropy,
-                                        const MaxArgmaxCount<T>* first_pass = nullptr, NextRow next = {}) {
+                                        NextRow next = {}, const MaxArgmaxCount<T>* first_pass = nullptr) {
     RowScore<T> score;
     if (first_pass != nullptr) {
         score.max = first_pass->max;
@@ -90,10 +90,11 @@ template <typename T>
     return score;
 }
 
-// The first candidate's logit of a row (NaN when there is none: nothing is greater).
-template <typename T>
-T first_candidate_logit(const ScoreProblem<T>& p, const T* x, std::int64_t row) {
-    return p.candidates > 0 ? x[p.target[row * p.candidates]] : std::numeric_limits<T>::quiet_NaN();
+// The first candidate's logit of a row, logit(t) being the logit of class t (NaN when there is no
+// candidate: nothing is greater).
+template <typename T, typename Logit>
+T first_candidate_logit(const ScoreProblem<T>& p, std::int64_t row, Logit logit) {
+    return p.candidates > 0 ? logit(p.target[row * p.candidates]) : std::numeric_limits<T>::quiet_NaN();
 }
 
 // Note: 16-bit rows. A 16-bit row (without a soft cap) is converted into the staging buffer by the
@@ -124,13 +125,14 @@ MaxArgmaxCount<T> load_with_first_pass(const Logits<T>& logits, std::int64_t off
     });
 }
 
-// Every statistic of one contiguous row and its candidates; `first_pass` and `next` as in score_row.
+// Every statistic of one contiguous row and its candidates; `next` and `first_pass` as in score_row.
 template <typename T>
-void score_whole_row(const ScoreProblem<T>& p, const T* x, std::int64_t row,
-                     const MaxArgmaxCount<T>* first_pass = nullptr, NextRow next = {}) {
+void score_whole_row(const ScoreProblem<T>& p, const T* x, std::int64_t row, NextRow next = {},
+                     const MaxArgmaxCount<T>* first_pass = nullptr) {
     const std::int64_t classes = p.view.classes;
     const std::int64_t* target = p.target + row * p.candidates;
-    const RowScore<T> score = score_row(x, classes, first_candidate_logit(p, x, row), true, first_pass, next);
+    const T value = first_candidate_logit(p, row, [x](std::int64_t t) { return x[t]; });
+    const RowScore<T> score = score_row(x, classes, value, true, next, first_pass);
     p.lse[row] = static_cast<T>(score.logsumexp);
     p.argmax[row] = score.argmax;
     p.entropy[row] = static_cast<T>(score.entropy);
@@ -194,17 +196,15 @@ void score_item_staged(const ScoreProblem<T>& problem, const Logits<T>& logits, 
         const bool fused = stages_in_first_pass(logits, classes);
         for (std::int64_t row = range.first; row < range.last; ++row) {
             const std::int64_t offset = row * view.outer_stride;
-            const NextRow next = stored_row(logits, offset + view.outer_stride, row + 1 < view.rows());
+            const NextRow next = next_row(logits, view, row);
             if (fused) {
-                const T value = problem.candidates > 0
-                                    ? logits.at(offset + problem.target[row * problem.candidates])
-                                    : std::numeric_limits<T>::quiet_NaN();
+                const T value =
+                    first_candidate_logit(problem, row, [&logits, offset](std::int64_t t) { return logits.at(offset + t); });
                 const MaxArgmaxCount<T> pass = load_with_first_pass(logits, offset, classes, value, buffer);
-                score_whole_row(problem, buffer, row, &pass, next);
+                score_whole_row(problem, buffer, row, next, &pass);
             } else {
                 logits.load(offset, classes, buffer, nullptr);
-                const MaxArgmaxCount<T>* no_pass = nullptr;
-                score_whole_row(problem, buffer, row, no_pass, next);
+                score_whole_row(problem, buffer, row, next);
             }
         }
     } else if (plan.strategy == Strategy::columns) {
@@ -223,7 +223,6 @@ void score_kernel(const ScoreProblem<T>& problem) {
     const ClassAxisView& view = problem.view;
     const WorkPlan plan = plan_work(view);
     const std::int64_t classes = view.classes;
-    const std::int64_t rows = view.rows();
     const Logits<T> logits{problem.input, problem.input_half, problem.half_format, 0.0};
     const bool staged = logits.staged();
     const int threads = staged_threads(plan.items, view.size(), staged, problem.staging_threads);
@@ -238,9 +237,7 @@ void score_kernel(const ScoreProblem<T>& problem) {
             const std::int64_t first = range.first;
             const std::int64_t last = range.last;
             for (std::int64_t row = first; row < last; ++row) {
-                const T* x = problem.input + row * view.outer_stride;
-                const MaxArgmaxCount<T>* no_pass = nullptr;
-                score_whole_row(problem, x, row, no_pass, row + 1 < rows ? x + view.outer_stride : nullptr);
+                score_whole_row(problem, problem.input + row * view.outer_stride, row, next_row(logits, view, row));
             }
         } else if (plan.strategy == Strategy::columns) {
             const std::int64_t outer = range.outer;
@@ -287,6 +284,7 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         T* buffer = contiguous ? nullptr : buffers.data + current_thread() * classes;
+        const bool fused = view.inner == 1 && stages_in_first_pass(logits, classes);
 #pragma omp for schedule(dynamic, 1)
         for (std::int64_t item = 0; item < items; ++item) {
             const std::int64_t first = item * rows_per_item;
@@ -295,24 +293,22 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
                 if (problem.row_covered[row] == 0) continue;
                 const T* x = nullptr;
                 const std::int64_t t = problem.target[row];
-                const bool fused = view.inner == 1 && stages_in_first_pass(logits, classes);
                 MaxArgmaxCount<T> pass;
-                NextRow next;  // the next covered row
-                const bool next_covered = row + 1 < rows && problem.row_covered[row + 1] != 0;
+                // The next row, when it is covered and its classes are contiguous.
+                const NextRow next =
+                    next_row(logits, view, row, view.inner == 1 && row + 1 < rows && problem.row_covered[row + 1] != 0);
                 if (fused) {
                     const std::int64_t offset = row * view.outer_stride;
                     pass = load_with_first_pass(logits, offset, classes, logits.at(offset + t), buffer);
-                    next = stored_row(logits, offset + view.outer_stride, next_covered);
                     x = buffer;
                 } else if (view.inner == 1) {
                     x = logits.read(row * view.outer_stride, classes, buffer, nullptr);
-                    next = stored_row(logits, (row + 1) * view.outer_stride, next_covered);
                 } else {
                     const std::int64_t source = (row / view.inner) * view.outer_stride + row % view.inner;
                     for (std::int64_t c = 0; c < classes; ++c) buffer[c] = logits.at(source + c * view.class_stride);
                     x = buffer;
                 }
-                const RowScore<T> score = score_row(x, classes, x[t], false, fused ? &pass : nullptr, next);
+                const RowScore<T> score = score_row(x, classes, x[t], false, next, fused ? &pass : nullptr);
                 problem.row_logprob[row] = score.log_prob(x[t]);
                 problem.row_greedy[row] = t == score.argmax;
             }

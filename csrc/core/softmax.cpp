@@ -141,8 +141,7 @@ template <typename T>
     if (plan.strategy == Strategy::rows) {
         for (std::int64_t row = range.first; row < range.last; ++row) {
             logits.load(row * view.outer_stride, classes, buffer, nullptr);
-            softmax_row(problem, buffer, row, buffer,
-                        stored_row(logits, (row + 1) * view.outer_stride, row + 1 < view.rows()));
+            softmax_row(problem, buffer, row, buffer, next_row(logits, view, row));
             if (!reduces) output.store(row * classes, buffer, nullptr, classes);
         }
     } else if (plan.strategy == Strategy::columns) {
@@ -194,9 +193,8 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
                                 thread_staging(problem.staging, per_thread, false).values);
         } else if (plan.strategy == Strategy::rows) {
             for (std::int64_t row = range.first; row < range.last; ++row) {
-                const T* x = problem.input + row * view.outer_stride;
-                softmax_row(problem, x, row, reduces ? nullptr : problem.output + row * classes,
-                            row + 1 < rows ? x + view.outer_stride : nullptr);
+                softmax_row(problem, problem.input + row * view.outer_stride, row,
+                            reduces ? nullptr : problem.output + row * classes, next_row(logits, view, row));
             }
         } else if (plan.strategy == Strategy::columns) {
             const std::int64_t outer = range.outer;
