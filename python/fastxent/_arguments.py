@@ -1,9 +1,10 @@
 """Argument normalisation shared by the public functions.
 
 Everything here turns what the caller passed into what ``_core`` takes: float32/float64 arrays
-(16-bit logits as their uint16 bits, with a format code), the class axis as an (outer, classes, inner) view with element strides, int64 index targets, and
-validated options. Every check of SPEC's error table that does not need to look at every element is
-made here, before any output is written; target values are checked by ``_core``, also before writing.
+(16-bit logits as their uint16 bits, with a format code), the class axis as an (outer, classes,
+inner) view with element strides, int64 index targets, and validated options. Every check of SPEC's
+error table that does not need to look at every element is made here, before any output is written;
+target values are checked by ``_core``, also before writing.
 """
 
 from __future__ import annotations

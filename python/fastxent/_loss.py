@@ -14,12 +14,12 @@ class CrossEntropyLoss:
     """Softmax cross-entropy as a callable, like ``torch.nn.CrossEntropyLoss``, with a backward.
 
     ``loss = crit(input, target)`` (or ``crit.forward``) computes ``cross_entropy`` with the options
-    given here (``z_loss``, ``return_z_loss`` and ``softcap`` as there); ``crit.backward(grad_output=1.0)``
-    returns d loss / d input of the last call. Between
-    the two it keeps a reference to the logits (not a copy: write the next batch into the same
-    buffer only after ``backward``, as with any autograd framework), a copy of the class indices and
-    the per-row max and log-sum-exp (16 bytes a row), so that ``backward`` reads the logits once and
-    no N x C buffer is kept. Probability targets are kept by reference too.
+    given here (``z_loss``, ``return_z_loss`` and ``softcap`` as there);
+    ``crit.backward(grad_output=1.0)`` returns d loss / d input of the last call. Between the two it
+    keeps a reference to the logits (not a copy: write the next batch into the same buffer only
+    after ``backward``, as with any autograd framework), a copy of the class indices and the per-row
+    max and log-sum-exp (16 bytes a row), so that ``backward`` reads the logits once and no N x C
+    buffer is kept. Probability targets are kept by reference too.
     """
 
     def __init__(
