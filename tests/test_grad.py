@@ -222,6 +222,17 @@ def test_any_memory_layout(rng, shape, axis, dtype):
         assert grad.shape == shape
 
 
+@pytest.mark.parametrize("num_rows", [7, 129, 300])
+def test_tiles_of_small_class_counts(rng, num_rows):
+    """The gradient of rows of up to 32 classes is transposed back from tiles in 8 x 8 blocks,
+    whose row vectors run past a row's end: every class count, rows sliced out of wider ones."""
+    for num_classes in range(1, 34):
+        x = make_logits(rng, (num_rows, num_classes + 3), np.float32)[:, :num_classes]
+        layout = Layout((num_rows, num_classes), None)
+        target = make_index_target(rng, layout, Options(ignore_some_rows=True))
+        check_grad("cross_entropy_with_grad", x, target, reduction="mean", grad_output=1.0, rows=num_rows)
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
 @pytest.mark.parametrize("shape,axis", [((3000, 37), None), ((8, 37, 300), None), ((6, 500, 37), -1)])

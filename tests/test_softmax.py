@@ -58,6 +58,22 @@ def test_class_counts(rng, function, num_classes, dtype):
     check(function, make_logits(rng, (3, num_classes, 4), dtype), 1)
 
 
+@pytest.mark.parametrize("rows_kind", ["contiguous", "columns_sliced", "every_other_row"])
+@pytest.mark.parametrize("num_rows", [7, 127, 128, 129, 300])
+@pytest.mark.parametrize("function", ELEMENTWISE)
+def test_tiles_of_small_class_counts(rng, function, num_rows, rows_kind):
+    """Rows of up to 32 classes go through transposed tiles of 8 x 8 blocks; every class count,
+    tile remainders and rows that are not back to back."""
+    for num_classes in range(1, 34):
+        wide = make_logits(rng, (2 * num_rows, num_classes + 3), np.float32)
+        x = {
+            "contiguous": np.ascontiguousarray(wide[:num_rows, :num_classes]),
+            "columns_sliced": wide[:num_rows, :num_classes],
+            "every_other_row": wide[::2, :num_classes],
+        }[rows_kind]
+        check(function, x, -1)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS + OTHER_AXES[2:4])
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_float16_is_computed_in_float32_and_returned_as_float16(rng, function, layout):
