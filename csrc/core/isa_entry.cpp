@@ -8,12 +8,14 @@ namespace FASTXENT_ISA {
 void register_softmax_kernels(KernelTable& table);  // softmax.cpp
 void register_loss_kernels(KernelTable& table);     // loss.cpp
 void register_score_kernels(KernelTable& table);    // score.cpp
+void register_target_kernels(KernelTable& table);   // target_check.cpp
 
 void register_kernels(KernelTable& table) {
     table.isa = FASTXENT_ISA_NAME;
     register_softmax_kernels(table);
     register_loss_kernels(table);
     register_score_kernels(table);
+    register_target_kernels(table);
 }
 
 }  // namespace FASTXENT_ISA

@@ -105,6 +105,14 @@ struct ScoreProblem;
 template <typename T>
 struct ScoreSpansProblem;
 
+// The check of index targets: the position of the first target outside [0, classes) that is not
+// ignore_index (-1 if none), and how many targets are not ignore_index. Counted in fixed blocks, so
+// the result never depends on the thread count.
+struct TargetCheck {
+    std::int64_t first_invalid;
+    std::int64_t kept;
+};
+
 struct KernelTable {
     const char* isa = "";
     void (*softmax_float)(const SoftmaxProblem<float>&) = nullptr;
@@ -115,6 +123,8 @@ struct KernelTable {
     void (*score_double)(const ScoreProblem<double>&) = nullptr;
     void (*score_spans_float)(const ScoreSpansProblem<float>&) = nullptr;
     void (*score_spans_double)(const ScoreSpansProblem<double>&) = nullptr;
+    TargetCheck (*check_targets)(const std::int64_t* target, std::int64_t count, std::int64_t classes,
+                                 std::int64_t ignore_index) = nullptr;
 };
 
 // How a view is cut into work items. It depends on the view only, never on the thread count: the

@@ -3,15 +3,12 @@
 
 #include <cstdint>
 
+#include "kernels.h"
+
 namespace fastxent {
 
-// One pass over the targets: the position of the first target outside [0, classes) that is not
-// ignore_index (-1 if none), and how many targets are not ignore_index. Spread over threads for long
-// arrays (in fixed blocks, so the result never depends on the thread count).
-struct TargetCheck {
-    std::int64_t first_invalid;
-    std::int64_t kept;
-};
+// One pass over the targets (TargetCheck, kernels.h), by the chosen instruction set's kernel
+// (target_check.cpp): spread over threads for long arrays.
 TargetCheck check_targets(const std::int64_t* target, std::int64_t count, std::int64_t classes,
                           std::int64_t ignore_index);
 
