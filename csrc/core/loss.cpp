@@ -174,11 +174,16 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
                  const TilePrefetch<T>& prefetch = TilePrefetch<T>{}) {
     const CrossEntropyProblem<T>& p = ctx.problem;
     const std::int64_t classes = ctx.classes;
+    // Only the tile's sum of losses is wanted, and every kept row adds its log(sum) once: the logs
+    // are taken as logs of products (see kept_log_sum).
+    const bool logs_as_product = p.target_index != nullptr && p.weight == nullptr && p.z_loss == 0.0 &&
+                                 p.row_loss == nullptr && grad == nullptr && p.save_stats == nullptr &&
+                                 p.saved_stats == nullptr && classes <= kMaxProductClasses;
     TileStats<T> tile;
     if (p.saved_stats != nullptr) {
         load_tile_stats(p.saved_stats + row0, lanes, tile);
     } else {
-        tile_stats(x, stride, classes, lanes, grad != nullptr, tile, prefetch);
+        tile_stats(x, stride, classes, lanes, grad != nullptr, tile, prefetch, !logs_as_product);
     }
     if (p.save_stats != nullptr) {
         for (std::int64_t l = 0; l < lanes; ++l) p.save_stats[row0 + l] = tile.row(l);
@@ -238,7 +243,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             a[l] += twice_z * (static_cast<double>(tile.max[l]) + tile.log_sum[l]);
         }
     }
-    const double loss_sum = ordered_sum(loss, lanes);
+    const double loss_sum = ordered_sum(loss, lanes) + (logs_as_product ? kept_log_sum(tile.sum, kept, lanes) : 0.0);
     if (p.row_loss != nullptr) {
         for (std::int64_t l = 0; l < lanes; ++l) p.row_loss[row0 + l] = static_cast<T>(loss[l]);
     }
