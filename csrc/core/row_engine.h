@@ -574,11 +574,13 @@ void tile_probability_sums(const T* x, std::int64_t stride, const T* y, std::int
 // Note: tile transposes. A tile of B rows x B classes (B floats to a vector register: 8 with AVX2
 // and AVX-512, 4 otherwise) is loaded as B row vectors, transposed in registers with shuffles, and
 // stored as B class vectors; the element loop it replaces costs one load and one scattered store per
-// element, about a fifth of the time of a 1048576 x 10 loss. A row's vector runs past its last class
-// into the next row (the classes beyond are never used on the way in, and on the way out are written
-// first and then overwritten by the next row's own), so a block is taken only where that stays within
-// the tile's rows; the rest, and double tiles, go element by element. Written with GCC's vector
-// extensions, which every instruction set here compiles (no intrinsics).
+// element, about a fifth of the time of a 1048576 x 10 loss. The classes go in chunks of B; with
+// C >= B classes the last chunk starts at C - B (overlapping the one before, which gives the same
+// values again), so that no vector runs past a row. With C < B a row vector runs past its row into
+// the next (the classes beyond are never used on the way in, and on the way out are written first and
+// then overwritten by the next row's own), so a block is taken only where that stays within the
+// tile's rows. The rows of an unfinished block, and double tiles, go element by element. Written
+// with GCC's vector extensions, which every instruction set here compiles (no intrinsics).
 #if defined(__GNUC__) && defined(__has_builtin)
 #if __has_builtin(__builtin_shufflevector)
 #define FASTXENT_TILE_SHUFFLES 1
@@ -633,29 +635,36 @@ inline void store_transpose_vector(float* to, TransposeVector v) {
     *reinterpret_cast<TransposeVectorUnaligned*>(to) = v;
 }
 
-// The first row at which whole blocks stop: a block of rows l..l + B - 1 reads (or writes) B
-// elements from each of its chunk starts, up to (l + B - 1) * row_stride + last_chunk + B, which must
-// stay within the tile's last row.
+// Where whole blocks of rows stop. With C >= B, at the last whole block. With C < B, a block of rows
+// l..l + B - 1 reads (or writes) B elements from its row starts, up to (l + B - 1) * row_stride + B,
+// which must stay within the tile's last row.
 inline std::int64_t transpose_block_rows(std::int64_t row_stride, std::int64_t classes, std::int64_t lanes) {
     constexpr int B = kTransposeBlock;
+    if (classes >= B) return lanes / B * B;
     if (row_stride < classes) return 0;
-    const std::int64_t last_chunk = (classes - 1) / B * B;
     std::int64_t l = 0;
-    while (l + B <= lanes && (l + B - 1) * row_stride + last_chunk + B <= (lanes - 1) * row_stride + classes) l += B;
+    while (l + B <= lanes && (l + B - 1) * row_stride + B <= (lanes - 1) * row_stride + classes) l += B;
     return l;
+}
+
+// The start of chunk `c` of B classes (see the Note above): c, or C - B for the last chunk of C >= B.
+inline std::int64_t transpose_chunk_start(std::int64_t c, std::int64_t classes) {
+    constexpr int B = kTransposeBlock;
+    return c + B > classes && classes >= B ? classes - B : c;
 }
 
 inline std::int64_t transpose_into_tile_blocks(const float* rows, std::int64_t row_stride, std::int64_t classes,
                                                std::int64_t lanes, float* tile) {
     constexpr int B = kTransposeBlock;
     const std::int64_t blocks_end = transpose_block_rows(row_stride, classes, lanes);
+    const std::int64_t count = classes < B ? classes : B;  // class vectors stored per chunk
     for (std::int64_t l = 0; l < blocks_end; l += B) {
-        for (std::int64_t c = 0; c < classes; c += B) {
+        for (std::int64_t chunk = 0; chunk < classes; chunk += B) {
+            const std::int64_t c = transpose_chunk_start(chunk, classes);
             TransposeVector v[B];
 #pragma GCC unroll 8
             for (int i = 0; i < B; ++i) v[i] = load_transpose_vector(rows + (l + i) * row_stride + c);
             transpose_block(v);
-            const std::int64_t count = classes - c < B ? classes - c : B;
             // Unrolled, so that v stays in registers.
 #pragma GCC unroll 8
             for (int j = 0; j < B; ++j) {
@@ -666,22 +675,22 @@ inline std::int64_t transpose_into_tile_blocks(const float* rows, std::int64_t r
     return blocks_end;
 }
 
-// Chunks from the last to the first, so that each row's own first chunk, stored last, overwrites what
-// the previous row's last chunk wrote past that row's end.
 inline std::int64_t transpose_from_tile_blocks(const float* tile, std::int64_t classes, std::int64_t lanes,
                                                float* rows) {
     constexpr int B = kTransposeBlock;
     const std::int64_t blocks_end = transpose_block_rows(classes, classes, lanes);
-    const std::int64_t last_chunk = (classes - 1) / B * B;
+    const std::int64_t count = classes < B ? classes : B;  // class vectors loaded per chunk
     for (std::int64_t l = 0; l < blocks_end; l += B) {
-        for (std::int64_t c = last_chunk; c >= 0; c -= B) {
-            const std::int64_t count = classes - c < B ? classes - c : B;
+        for (std::int64_t chunk = 0; chunk < classes; chunk += B) {
+            const std::int64_t c = transpose_chunk_start(chunk, classes);
             TransposeVector v[B];
 #pragma GCC unroll 8
             for (int j = 0; j < B; ++j) {
                 v[j] = j < count ? load_transpose_vector(tile + (c + j) * kTileLanes + l) : TransposeVector{};
             }
             transpose_block(v);
+            // Rows in order: with C < B, each row's store overwrites what the previous one wrote past
+            // its end.
 #pragma GCC unroll 8
             for (int i = 0; i < B; ++i) store_transpose_vector(rows + (l + i) * classes + c, v[i]);
         }
