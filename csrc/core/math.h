@@ -180,12 +180,24 @@ inline float exp2_float_in_sum(float y) {
     return p * bits_to_float(float_to_bits(shifted) << 23);
 }
 
-inline float fast_exp(float x) { return exp_float(x); }
+// Note: exponentials written out. Every one the kernels write (a softmax, a gradient) is exp(x - max),
+// whose argument is <= 0 or NaN: the upper clamp of exp_float (and exp_double) is not needed there,
+// and leaving it out saves an instruction of about twenty per vector. Same results as exp_float and
+// exp_double on that domain.
+inline float fast_exp(float x) {
+    const float clamped = x < kExpFloatLowest ? kExpFloatLowest : x;
+    const float result = exp_float_clamped(clamped);
+    return x < kExpFloatLowest ? 0.0f : result;
+}
 
 // exp(x - shift) as a term of a sum (see the Notes above); x - shift <= 0 or NaN.
 inline float exp_in_sum(float x, float shift) { return exp2_float_in_sum((x - shift) * 1.44269504088896341f); }
 inline double exp_in_sum(double x, double shift) { return exp_double_in_sum(x - shift); }
-inline double fast_exp(double x) { return exp_double(x); }
+inline double fast_exp(double x) {
+    const double clamped = x < kExpDoubleLowest ? kExpDoubleLowest : x;
+    const double result = exp_double_clamped(clamped);
+    return x < kExpDoubleLowest ? 0.0 : result;
+}
 
 }  // namespace
 }  // namespace fastxent
