@@ -95,3 +95,29 @@ def test_results_do_not_depend_on_threads(rng):
         np.testing.assert_array_equal(grad, grad0)
         np.testing.assert_array_equal(lsm, lsm0)
         np.testing.assert_array_equal(lse, lse0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_whole_chunks_masked_or_nan(dtype):
+    """Each chunk of a split row is summed against its own max: a chunk of nothing but -inf adds 0,
+    one of nothing but NaN makes its row NaN, and a row of -inf only is NaN (as in the reference)."""
+    x = np.tile(np.linspace(-3.0, 5.0, 70_001), (4, 1)).astype(dtype)
+    x[0, :16384] = -np.inf  # the first chunk entirely masked
+    x[1, 16384:32768] = -np.inf  # a middle chunk masked
+    x[1, -5:] = -np.inf  # and the end of the last one
+    x[2, 32768:49152] = np.nan  # a chunk of NaN
+    x[3, :] = -np.inf
+    target = np.array([20_000, 40_000, 100, 7])
+    expected_lse = ref.logsumexp(x.astype(np.float64), axis=1)
+    np.testing.assert_allclose(fx.logsumexp(x, axis=1), expected_lse, **tolerance(dtype))
+    np.testing.assert_allclose(
+        fx.log_softmax(x, axis=1), ref.log_softmax(x.astype(np.float64), axis=1), **tolerance(dtype)
+    )
+    loss, grad = fx.cross_entropy_with_grad(x, target, reduction="none")
+    expected = ref.cross_entropy(x.astype(np.float64), target, reduction="none")
+    np.testing.assert_allclose(loss, expected, **tolerance(dtype))
+    assert np.isfinite(loss[:2]).all() and np.isnan(loss[2:]).all()
+    np.testing.assert_allclose(
+        grad, ref.cross_entropy_grad(x.astype(np.float64), target, reduction="none"), **tolerance(dtype)
+    )
+    np.testing.assert_allclose(fx.cross_entropy(x, target, reduction="none"), expected, **tolerance(dtype))

@@ -315,6 +315,10 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
     T target_slope[kSplitMaxRows];
     const bool index_targets = p.target_index != nullptr;
     const bool smoothed_loss = index_targets && ctx.smoothing > 0.0 && ctx.needs_loss;
+    // No sums of logits. Decided by the options alone, not by whether a loss is wanted, so that the
+    // loss class's backward computes the same statistics as the forward with the gradient.
+    const bool one_pass = index_targets && ctx.smoothing == 0.0;
+    const std::int64_t second_pass_items = one_pass ? 0 : items;
     const bool staged = ctx.logits.staged();
     const bool capped = p.softcap != 0.0;
     const std::int64_t per_thread = staged ? staging_size(p.view, capped) : 0;
@@ -323,13 +327,26 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
     {
         const StagingBuffers<T> buffer = staged ? thread_staging(p.staging, per_thread, capped)
                                                 : StagingBuffers<T>{nullptr, nullptr};
+        // Each chunk's max and, without sums of logits, its sum against it (see the Note on a chunk's
+        // sum in row_engine.h), prefetching the next chunk during the exponentials. Sums of logits are
+        // taken against the row's max, in a second pass.
 #pragma omp for schedule(static)
         for (std::int64_t item = 0; item < items; ++item) {
             const auto [row, first, count] = split_chunk(item, chunks, classes);
-            chunk_max[item] = ctx.ignored(row) ? 0.0 : static_cast<double>(row_max(ctx.logits.read(row * p.view.outer_stride + first, count, buffer.values, nullptr), count));
+            if (ctx.ignored(row)) {
+                chunk_max[item] = chunk_sum[item] = 0.0;
+                continue;
+            }
+            const T* x = ctx.logits.read(row * p.view.outer_stride + first, count, buffer.values, nullptr);
+            const T max = row_max(x, count);
+            chunk_max[item] = static_cast<double>(max);
+            if (one_pass) {
+                chunk_sum[item] = row_sum_exp(x, count, static_cast<T>(chunk_shift(max)),
+                                              next_chunk(ctx.logits, p.view, item, items, chunks));
+            }
         }
 #pragma omp for schedule(static)
-        for (std::int64_t item = 0; item < items; ++item) {
+        for (std::int64_t item = 0; item < second_pass_items; ++item) {
             const auto [row, first, count] = split_chunk(item, chunks, classes);
             if (ctx.ignored(row)) continue;
             const double max = split_row_max(chunk_max, row, chunks);
@@ -346,17 +363,19 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
         }
 #pragma omp single
         for (std::int64_t row = 0; row < rows; ++row) {
+            const double max = split_row_max(chunk_max, row, chunks);
             double sum = 0.0;
             double dot = 0.0;
             total[row] = 0.0;
             for (std::int64_t c = 0; c < chunks; ++c) {
-                sum += chunk_sum[row * chunks + c];
+                if (!one_pass) sum += chunk_sum[row * chunks + c];
                 if (smoothed_loss || !index_targets) dot += chunk_dot[row * chunks + c];
                 if (!index_targets) total[row] += chunk_total[row * chunks + c];
             }
+            if (one_pass) sum = split_row_sum(chunk_max, chunk_sum, row, chunks, max);
             double loss = 0.0;
             if (!ctx.ignored(row)) {
-                stats[row] = RowStats{split_row_max(chunk_max, row, chunks), std::log(sum)};
+                stats[row] = RowStats{max, std::log(sum)};
                 if (p.save_stats != nullptr) p.save_stats[row] = stats[row];
                 if (index_targets) {
                     const std::int64_t t = p.target_index[row];

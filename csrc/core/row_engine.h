@@ -71,6 +71,27 @@ inline double split_row_max(const double* chunk_max, std::int64_t row, std::int6
     return max;
 }
 
+// Note: a chunk's sum against its own max. The first phase of a split row takes each chunk's max
+// and, while the chunk is in cache, its sum of exponentials shifted by that max (instead of a second
+// read of the whole row once the row's max is known). The row's sum is then
+// sum_k s_k * exp(m_k - max). A chunk with no value above -inf is shifted by 0 and scaled by 0, so
+// that it adds 0, or NaN if it holds a NaN, as it would against the row's max.
+template <typename T>
+double chunk_shift(T chunk_max) {
+    return chunk_max == -std::numeric_limits<T>::infinity() ? 0.0 : static_cast<double>(chunk_max);
+}
+
+inline double split_row_sum(const double* chunk_max, const double* chunk_sum, std::int64_t row, std::int64_t chunks,
+                            double max) {
+    double sum = 0.0;
+    for (std::int64_t c = 0; c < chunks; ++c) {
+        const double m = chunk_max[row * chunks + c];
+        const double scale = m == -std::numeric_limits<double>::infinity() ? 0.0 : exp_double(m - max);
+        sum += chunk_sum[row * chunks + c] * scale;
+    }
+    return sum;
+}
+
 // Independent accumulators per loop: two vector registers of the instruction set this file is
 // compiled for (FASTXENT_VECTOR_BYTES, set by CMake), enough to hide the latency of the adds without
 // spilling the exp's constants out of the registers; four for the max, whose loop body is one
@@ -166,6 +187,15 @@ template <typename L>
 NextRow next_row(const L& logits, const ClassAxisView& view, std::int64_t row, bool wanted = true) {
     if (!wanted || row + 1 >= view.rows()) return NextRow();
     return NextRow(logits.stored((row + 1) * view.outer_stride), logits.stored_size());
+}
+
+// The chunk after work item `item` of a split view (see split_chunk), as stored; none after the last.
+template <typename L>
+NextRow next_chunk(const L& logits, const ClassAxisView& view, std::int64_t item, std::int64_t items,
+                   std::int64_t chunks) {
+    if (item + 1 >= items) return NextRow();
+    const SplitChunk next = split_chunk(item + 1, chunks, view.classes);
+    return NextRow(logits.stored(next.row * view.outer_stride + next.first), logits.stored_size());
 }
 
 // Elements [first, last) of the next row.

@@ -82,22 +82,20 @@ void softmax_split(const SoftmaxProblem<T>& problem, const Logits<T>& logits, co
         auto chunk_logits = [&](std::int64_t row, std::int64_t first, std::int64_t count) {
             return logits.read(row * view.outer_stride + first, count, buffer, nullptr);
         };
+        // Each chunk's max and its sum against it (see the Note on a chunk's sum in row_engine.h),
+        // prefetching the next chunk during the exponentials.
 #pragma omp for schedule(static)
         for (std::int64_t item = 0; item < items; ++item) {
             const auto [row, first, count] = split_chunk(item, chunks, classes);
-            chunk_max[item] = static_cast<double>(row_max(chunk_logits(row, first, count), count));
-        }
-#pragma omp for schedule(static)
-        for (std::int64_t item = 0; item < items; ++item) {
-            const auto [row, first, count] = split_chunk(item, chunks, classes);
-            const double max = split_row_max(chunk_max, row, chunks);
-            chunk_sum[item] = row_sum_exp(chunk_logits(row, first, count), count, static_cast<T>(max));
+            const T* x = chunk_logits(row, first, count);
+            const T max = row_max(x, count);
+            chunk_max[item] = static_cast<double>(max);
+            chunk_sum[item] = row_sum_exp(x, count, static_cast<T>(chunk_shift(max)), next_chunk(logits, view, item, items, chunks));
         }
 #pragma omp single
         for (std::int64_t row = 0; row < rows; ++row) {
-            double sum = 0.0;
-            for (std::int64_t c = 0; c < chunks; ++c) sum += chunk_sum[row * chunks + c];
-            stats[row] = RowStats{split_row_max(chunk_max, row, chunks), std::log(sum)};
+            const double max = split_row_max(chunk_max, row, chunks);
+            stats[row] = RowStats{max, std::log(split_row_sum(chunk_max, chunk_sum, row, chunks, max))};
             if (problem.op != SoftmaxOp::logsumexp) continue;
             // A row with an infinite max is NaN if it holds a NaN (see logsumexp_from_stats).
             double result = stats[row].max + stats[row].log_sum;
