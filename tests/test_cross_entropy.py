@@ -110,6 +110,28 @@ def test_integer_target_dtypes(rng, layout, reduction, target_dtype):
     np.testing.assert_array_equal(got, wide)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(0, 5), (1, 1), (33, 10), (300, 1000)])
+def test_common_call_equals_the_general_path(rng, shape, reduction, dtype):
+    """C-contiguous (N, C) logits with int64 targets and default options take a shorter way into the
+    kernels; int32 targets (or a class axis given) go the general way. Same values, types and shapes."""
+    x = make_logits(rng, shape, dtype)
+    target = rng.integers(0, shape[1], shape[0]).astype(np.int64)
+    target[::7] = -100
+    common = fx.cross_entropy(x, target, reduction=reduction)
+    general = fx.cross_entropy(x, target.astype(np.int32), axis=1, reduction=reduction)
+    assert type(common) is type(general)
+    assert common.dtype == general.dtype == dtype
+    np.testing.assert_array_equal(common, general)
+    if reduction == "none":
+        assert common.shape == (shape[0],) and common.flags.c_contiguous and common.flags.owndata
+    if shape[0] > 0:
+        target[-1] = shape[1]
+        with pytest.raises(IndexError, match=f"first found at flat position {shape[0] - 1}"):
+            fx.cross_entropy(x, target, reduction=reduction)
+
+
 @pytest.mark.parametrize("target_dtype", [np.int8, np.int16, np.int32])
 def test_negative_ignore_index_with_narrow_signed_targets(rng, target_dtype):
     layout = Layout((10, 5), None)

@@ -132,38 +132,50 @@ py::tuple run_nll(const py::array& input, const ClassAxisView& view, const py::o
 
 }  // namespace
 
-// The default call, cross_entropy(x, t) with x a C-contiguous (N, C) float array and t a C-contiguous
-// int64 (N,) array, without the Python layer's normalisation: returns the mean as a float, or None
-// when the arguments are anything else (the Python layer then takes over, and raises any error).
-py::object cross_entropy_mean_fast(const py::handle& input, const py::handle& target, std::int64_t ignore_index) {
+// The common call, cross_entropy(x, t, reduction=...) with x a C-contiguous (N, C) float array and t
+// a C-contiguous int64 (N,) array, without the Python layer's normalisation: returns the mean or the
+// sum as a float, or the per-row losses as a new array of x's dtype ("none"), or None when the
+// arguments are anything else (the Python layer then takes over, and raises any error).
+template <typename T>
+py::object cross_entropy_fast_typed(const py::array& x, const py::array& t, std::int64_t ignore_index,
+                                    Reduction reduction, void (*kernel)(const CrossEntropyProblem<T>&)) {
+    const std::int64_t rows = x.shape(0);
+    const std::int64_t classes = x.shape(1);
+    const ClassAxisView view{rows, classes, 1, classes, 1};
+    const py::object none = py::none();
+    if (reduction == Reduction::none) {
+        py::array_t<T> row_loss(static_cast<py::ssize_t>(rows));
+        run_cross_entropy<T>(x, -1, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, reduction, 1.0, none, row_loss,
+                             none, none, none, false, kernel);
+        return std::move(row_loss);
+    }
+    const py::tuple result = run_cross_entropy<T>(x, -1, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, reduction,
+                                                  1.0, none, none, none, none, none, true, kernel);
+    const double total = result[0].cast<double>();
+    // IEEE division: an empty or fully ignored batch gives 0 / 0 = NaN, as PyTorch.
+    return py::float_(reduction == Reduction::mean ? total / result[1].cast<double>() : total);
+}
+
+py::object cross_entropy_fast(const py::handle& input, const py::handle& target, std::int64_t ignore_index,
+                              int reduction) {
     if (!py::isinstance<py::array>(input) || !py::isinstance<py::array>(target)) return py::none();
+    if (reduction < 0 || reduction > 2) return py::none();
     const py::array x = py::reinterpret_borrow<py::array>(input);
     const py::array t = py::reinterpret_borrow<py::array>(target);
     if (x.ndim() != 2 || t.ndim() != 1 || t.shape(0) != x.shape(0)) return py::none();
     if (!(x.flags() & py::array::c_style) || !(t.flags() & py::array::c_style) || !has_dtype<std::int64_t>(t)) {
         return py::none();
     }
-    const std::int64_t classes = x.shape(1);
-    const ClassAxisView view{x.shape(0), classes, 1, classes, 1};
-    const py::object none = py::none();
-    py::tuple result;
+    const Reduction r = static_cast<Reduction>(reduction);
     const KernelTable& table = kernels();
-    if (has_dtype<float>(x)) {
-        result = run_cross_entropy<float>(x, -1, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, Reduction::mean, 1.0, none,
-                                          none, none, none, none, true, table.cross_entropy_float);
-    } else if (has_dtype<double>(x)) {
-        result = run_cross_entropy<double>(x, -1, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, Reduction::mean, 1.0, none,
-                                           none, none, none, none, true, table.cross_entropy_double);
-    } else {
-        return py::none();
-    }
-    // IEEE division: an empty or fully ignored batch gives 0 / 0 = NaN, as PyTorch.
-    return py::float_(result[0].cast<double>() / result[1].cast<double>());
+    if (has_dtype<float>(x)) return cross_entropy_fast_typed<float>(x, t, ignore_index, r, table.cross_entropy_float);
+    if (has_dtype<double>(x)) return cross_entropy_fast_typed<double>(x, t, ignore_index, r, table.cross_entropy_double);
+    return py::none();
 }
 
 void register_loss(py::module_& module) {
-    module.def("cross_entropy_mean_fast", &cross_entropy_mean_fast, py::arg("input"), py::arg("target"),
-               py::arg("ignore_index"));
+    module.def("cross_entropy_fast", &cross_entropy_fast, py::arg("input"), py::arg("target"),
+               py::arg("ignore_index"), py::arg("reduction"));
     module.def(
         "cross_entropy",
         [](const py::array& input, const ViewTuple& view_tuple, const py::object& target_index,

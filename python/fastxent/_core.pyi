@@ -7,7 +7,7 @@
 # They are computed in float32: every other float array of the call is then float32, except the
 # outputs of the logits' size (out=, grad), which may be uint16 in the same 16-bit format.
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -23,9 +23,12 @@ def cpu_info() -> Dict[str, Any]: ...
 def softmax_fast(input: Any, op: int, axis: int) -> Optional[np.ndarray]: ...
 def softmax(input: np.ndarray, view: View, op: int, out: np.ndarray, half: int = -1) -> None: ...
 
-# register_loss.cpp. The default call's fast path: the mean, or None when the arguments need the
-# Python layer (anything but a C-contiguous (N, C) float32/float64 array and C-contiguous int64 (N,) targets).
-def cross_entropy_mean_fast(input: Any, target: Any, ignore_index: int) -> Optional[float]: ...
+# register_loss.cpp. The common call's fast path (reduction: 0 none, 1 mean, 2 sum): the mean or the
+# sum as a float, the row losses as a new array ("none"), or None when the arguments need the Python
+# layer (anything but a C-contiguous (N, C) float32/float64 array and C-contiguous int64 (N,) targets).
+def cross_entropy_fast(
+    input: Any, target: Any, ignore_index: int, reduction: int
+) -> Union[float, np.ndarray, None]: ...
 
 # register_loss.cpp. reduction: 0 none, 1 mean, 2 sum. Returns (sum of the row losses, denominator of "mean").
 def cross_entropy(

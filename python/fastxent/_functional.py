@@ -240,7 +240,7 @@ def cross_entropy(
         weight is None
         and axis is None
         and type(reduction) is str
-        and reduction == "mean"
+        and reduction in args.REDUCTIONS
         and type(label_smoothing) in _PLAIN_NUMBERS
         and label_smoothing == 0
         and type(z_loss) in _PLAIN_NUMBERS
@@ -250,9 +250,9 @@ def cross_entropy(
         and type(ignore_index) is int
         and -(2**63) <= ignore_index < 2**63
     ):
-        mean = _core.cross_entropy_mean_fast(input, target, ignore_index)
-        if mean is not None:
-            return input.dtype.type(mean)
+        loss = _core.cross_entropy_fast(input, target, ignore_index, args.REDUCTIONS[reduction])
+        if loss is not None:
+            return loss if reduction == "none" else input.dtype.type(loss)
     problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss, softcap)
     return _loss(problem, _flag(return_z_loss))
 
