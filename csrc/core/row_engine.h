@@ -683,49 +683,51 @@ inline std::int64_t transpose_chunk_start(std::int64_t c, std::int64_t classes) 
     return c + B > classes && classes >= B ? classes - B : c;
 }
 
+// body(l, c) for each whole block of rows l..l + B - 1 and each chunk start c, in that order; returns
+// the row where whole blocks stop.
+template <typename Body>
+std::int64_t for_each_transpose_block(std::int64_t row_stride, std::int64_t classes, std::int64_t lanes, Body body) {
+    constexpr int B = kTransposeBlock;
+    const std::int64_t blocks_end = transpose_block_rows(row_stride, classes, lanes);
+    for (std::int64_t l = 0; l < blocks_end; l += B) {
+        for (std::int64_t chunk = 0; chunk < classes; chunk += B) body(l, transpose_chunk_start(chunk, classes));
+    }
+    return blocks_end;
+}
+
 inline std::int64_t transpose_into_tile_blocks(const float* rows, std::int64_t row_stride, std::int64_t classes,
                                                std::int64_t lanes, float* tile) {
     constexpr int B = kTransposeBlock;
-    const std::int64_t blocks_end = transpose_block_rows(row_stride, classes, lanes);
     const std::int64_t count = classes < B ? classes : B;  // class vectors stored per chunk
-    for (std::int64_t l = 0; l < blocks_end; l += B) {
-        for (std::int64_t chunk = 0; chunk < classes; chunk += B) {
-            const std::int64_t c = transpose_chunk_start(chunk, classes);
-            TransposeVector v[B];
+    return for_each_transpose_block(row_stride, classes, lanes, [&](std::int64_t l, std::int64_t c) {
+        TransposeVector v[B];
 #pragma GCC unroll 8
-            for (int i = 0; i < B; ++i) v[i] = load_transpose_vector(rows + (l + i) * row_stride + c);
-            transpose_block(v);
-            // Unrolled, so that v stays in registers.
+        for (int i = 0; i < B; ++i) v[i] = load_transpose_vector(rows + (l + i) * row_stride + c);
+        transpose_block(v);
+        // Unrolled, so that v stays in registers.
 #pragma GCC unroll 8
-            for (int j = 0; j < B; ++j) {
-                if (j < count) store_transpose_vector(tile + (c + j) * kTileLanes + l, v[j]);
-            }
+        for (int j = 0; j < B; ++j) {
+            if (j < count) store_transpose_vector(tile + (c + j) * kTileLanes + l, v[j]);
         }
-    }
-    return blocks_end;
+    });
 }
 
 inline std::int64_t transpose_from_tile_blocks(const float* tile, std::int64_t classes, std::int64_t lanes,
                                                float* rows) {
     constexpr int B = kTransposeBlock;
-    const std::int64_t blocks_end = transpose_block_rows(classes, classes, lanes);
     const std::int64_t count = classes < B ? classes : B;  // class vectors loaded per chunk
-    for (std::int64_t l = 0; l < blocks_end; l += B) {
-        for (std::int64_t chunk = 0; chunk < classes; chunk += B) {
-            const std::int64_t c = transpose_chunk_start(chunk, classes);
-            TransposeVector v[B];
+    return for_each_transpose_block(classes, classes, lanes, [&](std::int64_t l, std::int64_t c) {
+        TransposeVector v[B];
 #pragma GCC unroll 8
-            for (int j = 0; j < B; ++j) {
-                v[j] = j < count ? load_transpose_vector(tile + (c + j) * kTileLanes + l) : TransposeVector{};
-            }
-            transpose_block(v);
-            // Rows in order: with C < B, each row's store overwrites what the previous one wrote past
-            // its end.
-#pragma GCC unroll 8
-            for (int i = 0; i < B; ++i) store_transpose_vector(rows + (l + i) * classes + c, v[i]);
+        for (int j = 0; j < B; ++j) {
+            v[j] = j < count ? load_transpose_vector(tile + (c + j) * kTileLanes + l) : TransposeVector{};
         }
-    }
-    return blocks_end;
+        transpose_block(v);
+        // Rows in order: with C < B, each row's store overwrites what the previous one wrote past its
+        // end.
+#pragma GCC unroll 8
+        for (int i = 0; i < B; ++i) store_transpose_vector(rows + (l + i) * classes + c, v[i]);
+    });
 }
 #endif
 
