@@ -293,8 +293,9 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     return loss_sum;
 }
 
-// Rows cut into chunks (kernels.h, kSplitClasses): each phase runs over every chunk of every row in
-// parallel, and the chunks' maxima and sums are combined per row in chunk order. Saved statistics
+// Rows cut into chunks (kernels.h, kSplitClasses): each phase (maxima and sums, then sums of logits
+// when needed, then the gradient) runs over every chunk of every row in parallel, and the chunks'
+// maxima and sums are combined per row in chunk order. Saved statistics
 // are not used here: recomputing them gives the same values, and the probability-target gradient
 // needs the chunk sums anyway. A staged call reads each chunk into its thread's buffer in each phase.
 template <typename T>

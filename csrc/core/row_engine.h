@@ -11,7 +11,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -621,7 +620,7 @@ void tile_probability_sums(const T* x, std::int64_t stride, const T* y, std::int
 #if FASTXENT_VECTOR_BYTES >= 32
 constexpr int kTransposeBlock = 8;
 typedef float TransposeVector __attribute__((vector_size(32)));
-typedef float TransposeVectorUnaligned __attribute__((vector_size(32), aligned(4)));
+typedef float TransposeVectorUnaligned __attribute__((vector_size(32), aligned(4), may_alias));
 
 inline void transpose_block(TransposeVector (&v)[8]) {
     TransposeVector t[8];
@@ -644,7 +643,7 @@ inline void transpose_block(TransposeVector (&v)[8]) {
 #else
 constexpr int kTransposeBlock = 4;
 typedef float TransposeVector __attribute__((vector_size(16)));
-typedef float TransposeVectorUnaligned __attribute__((vector_size(16), aligned(4)));
+typedef float TransposeVectorUnaligned __attribute__((vector_size(16), aligned(4), may_alias));
 
 inline void transpose_block(TransposeVector (&v)[4]) {
     const TransposeVector t0 = __builtin_shufflevector(v[0], v[1], 0, 4, 1, 5);
@@ -658,6 +657,8 @@ inline void transpose_block(TransposeVector (&v)[4]) {
 }
 #endif
 
+// Unaligned loads and stores of B floats, through a type that may alias float (as the intrinsics'
+// vector types do).
 inline TransposeVector load_transpose_vector(const float* from) {
     return *reinterpret_cast<const TransposeVectorUnaligned*>(from);
 }

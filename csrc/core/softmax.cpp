@@ -60,9 +60,9 @@ void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t cl
     }
 }
 
-// Rows cut into chunks (kernels.h, kSplitClasses): max, sums and outputs each run over every chunk of
-// every row in parallel; the chunks' maxima and sums are combined per row in chunk order. A staged
-// call reads each chunk into its thread's buffer in each phase.
+// Rows cut into chunks (kernels.h, kSplitClasses): the chunks' maxima and sums, then the outputs, each
+// run over every chunk of every row in parallel; the chunks' maxima and sums are combined per row in
+// chunk order. A staged call reads each chunk into its thread's buffer in each phase.
 template <typename T>
 void softmax_split(const SoftmaxProblem<T>& problem, const Logits<T>& logits, const Destination<T>& output,
                    std::int64_t chunks, int threads) {
@@ -90,7 +90,8 @@ void softmax_split(const SoftmaxProblem<T>& problem, const Logits<T>& logits, co
             const T* x = chunk_logits(row, first, count);
             const T max = row_max(x, count);
             chunk_max[item] = static_cast<double>(max);
-            chunk_sum[item] = row_sum_exp(x, count, static_cast<T>(chunk_shift(max)), next_chunk(logits, view, item, items, chunks));
+            chunk_sum[item] = row_sum_exp(x, count, static_cast<T>(chunk_shift(max)),
+                                          next_chunk(logits, view, item, items, chunks));
         }
 #pragma omp single
         for (std::int64_t row = 0; row < rows; ++row) {
