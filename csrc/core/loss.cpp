@@ -295,9 +295,9 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
 
 // Rows cut into chunks (kernels.h, kSplitClasses): each phase (maxima and sums, then sums of logits
 // when needed, then the gradient) runs over every chunk of every row in parallel, and the chunks'
-// maxima and sums are combined per row in chunk order. Saved statistics
-// are not used here: recomputing them gives the same values, and the probability-target gradient
-// needs the chunk sums anyway. A staged call reads each chunk into its thread's buffer in each phase.
+// maxima and sums are combined per row in chunk order. Saved statistics are not used here:
+// recomputing them gives the same values, and the probability-target gradient needs the chunk sums
+// anyway. A staged call reads each chunk into its thread's buffer in each phase.
 template <typename T>
 void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int threads) {
     const CrossEntropyProblem<T>& p = ctx.problem;
@@ -342,7 +342,7 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
             const T max = row_max(x, count);
             chunk_max[item] = static_cast<double>(max);
             if (one_pass) {
-                chunk_sum[item] = row_sum_exp(x, count, static_cast<T>(chunk_shift(max)),
+                chunk_sum[item] = row_sum_exp(x, count, chunk_shift(max),
                                               next_chunk(ctx.logits, p.view, item, items, chunks));
             }
         }

@@ -76,8 +76,8 @@ inline double split_row_max(const double* chunk_max, std::int64_t row, std::int6
 // sum_k s_k * exp(m_k - max). A chunk with no value above -inf is shifted by 0 and scaled by 0, so
 // that it adds 0, or NaN if it holds a NaN, as it would against the row's max.
 template <typename T>
-double chunk_shift(T chunk_max) {
-    return chunk_max == -std::numeric_limits<T>::infinity() ? 0.0 : static_cast<double>(chunk_max);
+T chunk_shift(T chunk_max) {
+    return chunk_max == -std::numeric_limits<T>::infinity() ? T(0) : chunk_max;
 }
 
 inline double split_row_sum(const double* chunk_max, const double* chunk_sum, std::int64_t row, std::int64_t chunks,

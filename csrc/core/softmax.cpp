@@ -90,7 +90,7 @@ void softmax_split(const SoftmaxProblem<T>& problem, const Logits<T>& logits, co
             const T* x = chunk_logits(row, first, count);
             const T max = row_max(x, count);
             chunk_max[item] = static_cast<double>(max);
-            chunk_sum[item] = row_sum_exp(x, count, static_cast<T>(chunk_shift(max)),
+            chunk_sum[item] = row_sum_exp(x, count, chunk_shift(max),
                                           next_chunk(logits, view, item, items, chunks));
         }
 #pragma omp single
