@@ -120,8 +120,9 @@ inline double exp_double(double x) {
 // NaN) and whose sum has a term exp(0) = 1. There, an argument below log(DBL_MIN) (a -inf mask
 // included) may give a tiny positive value (at most 2.3e-308) instead of 0: it cannot change the sum,
 // and it saves the upper clamp and the final select. Everything written out uses exp_double.
-inline double exp_double_in_sum(double x) {
-    return exp_double_clamped(x < kExpDoubleLowest ? kExpDoubleLowest : x);
+// `lowest` is log(DBL_MIN) (see the Note on the lower clamp below).
+inline double exp_double_in_sum(double x, double lowest) {
+    return exp_double_clamped(x < lowest ? lowest : x);
 }
 
 // Note: log_double. x = 2^k * m with m in [sqrt(1/2), sqrt(2)), found by shifting the bits so that the
@@ -161,10 +162,11 @@ inline double log_double(double x) {
 // error of |max| * 2^-24 into every term (logits of 1e4). Rounding y then costs a relative error of
 // up to |y| * 2^-24 * ln 2 in a term 2^y, largest where the term is negligible (|y| = 20 is a term
 // below 1e-6 of the sum's largest, 1), so the sum stays within a few ulp. 16 instructions a vector
-// instead of 18. Only for sums: what is written out uses exp_float.
-inline float exp2_float_in_sum(float y) {
+// instead of 18. Only for sums: what is written out uses exp_float. `lowest` is -126 (see the Note
+// on the lower clamp below).
+inline float exp2_float_in_sum(float y, float lowest) {
     const float magic = 12583039.0f;  // 1.5 * 2^23 + 127, as in exp_float_clamped
-    const float clamped = y < -126.0f ? -126.0f : y;
+    const float clamped = y < lowest ? lowest : y;
     const float shifted = clamped + magic;
     const float n = shifted - magic;
     const float f = clamped - n;
@@ -191,8 +193,20 @@ inline float fast_exp(float x) {
 }
 
 // exp(x - shift) as a term of a sum (see the Notes above); x - shift <= 0 or NaN.
-inline float exp_in_sum(float x, float shift) { return exp2_float_in_sum((x - shift) * 1.44269504088896341f); }
-inline double exp_in_sum(double x, double shift) { return exp_double_in_sum(x - shift); }
+//
+// Note: the lower clamp of a sum's exponential. Its bound is written `shift * 0 + bound`, which is the
+// bound for every finite shift. A constant bound would let GCC move the clamp to the end, as a compare
+// and a blend choosing the constant 2^bound (two instructions a vector); a bound it cannot fold stays
+// one max instruction, and the exponential of sums is about 5% faster (10% on 4096 x 1000). For an
+// infinite or NaN shift the bound is NaN and nothing is clamped; the sum is NaN then anyway: a row
+// whose max is +inf or NaN has a term of inf - inf or NaN, and one whose max is -inf has only -inf
+// logits (-inf - -inf is NaN). A chunk of -inf logits is shifted by 0 instead (chunk_shift).
+inline float exp_in_sum(float x, float shift) {
+    return exp2_float_in_sum((x - shift) * 1.44269504088896341f, shift * 0.0f - 126.0f);
+}
+inline double exp_in_sum(double x, double shift) {
+    return exp_double_in_sum(x - shift, shift * 0.0 + kExpDoubleLowest);
+}
 inline double fast_exp(double x) {
     const double clamped = x < kExpDoubleLowest ? kExpDoubleLowest : x;
     const double result = exp_double_clamped(clamped);
