@@ -154,22 +154,25 @@ inline double log_double(double x) {
     return x != x ? x : result;
 }
 
-// Note: 2^y inside a float sum of exponentials. sum_i exp(x_i - max) = sum_i 2^y_i with
-// y_i = (x_i - max) * log2(e); then 2^y = 2^n * 2^f, f = y - n in [-1/2, 1/2], with a degree-6
-// polynomial, minimax in relative error under the constraint p(0) = 1 (relative error 2.6e-9,
-// 1.1e-7 when evaluated in float; computed by a Remez exchange). The difference x_i - max is
-// taken first: it is exact for the terms that matter, where max * log2(e) would carry an absolute
-// error of |max| * 2^-24 into every term (logits of 1e4). Rounding y then costs a relative error of
-// up to |y| * 2^-24 * ln 2 in a term 2^y, largest where the term is negligible (|y| = 20 is a term
-// below 1e-6 of the sum's largest, 1), so the sum stays within a few ulp. 16 instructions a vector
-// instead of 18. Only for sums: what is written out uses exp_float. `lowest` is -126 (see the Note
-// on the lower clamp below).
-inline float exp2_float_in_sum(float y, float lowest) {
+// Note: exp inside a float sum of exponentials, as 2^y. sum_i exp(x_i - max) = sum_i 2^y_i with
+// y_i = d_i * log2(e), d_i = x_i - max; then 2^y = 2^n * 2^f, f = y - n in [-1/2, 1/2], with a
+// degree-6 polynomial, minimax in relative error under the constraint p(0) = 1 (relative error
+// 2.6e-9, 1.1e-7 when evaluated in float; computed by a Remez exchange). The difference d_i is taken
+// first: it is exact for the terms that matter, where max * log2(e) would carry an absolute error of
+// |max| * 2^-24 into every term (logits of 1e4). y itself is never rounded where FMA is available:
+// n comes from d * log2(e) + magic and f from d * log2(e) - n, each one fused operation. Without
+// FMA, rounding y costs a relative error of up to |y| * 2^-24 * ln 2 in a term 2^y, largest where
+// the term is negligible (|y| = 20 is a term below 1e-6 of the sum's largest, 1), so the sum stays
+// within a few ulp either way. With FMA, 12 instructions a vector, the last (2^n times the
+// polynomial, added to the sum) fused too. Only for sums: what is written out uses exp_float.
+// `lowest` is log(FLT_MIN), so that n >= -126 (see the Note on the lower clamp below).
+inline float exp_float_in_sum(float d, float lowest) {
+    const float log2e = 1.44269504088896341f;
     const float magic = 12583039.0f;  // 1.5 * 2^23 + 127, as in exp_float_clamped
-    const float clamped = y < lowest ? lowest : y;
-    const float shifted = clamped + magic;
+    const float clamped = d < lowest ? lowest : d;
+    const float shifted = clamped * log2e + magic;
     const float n = shifted - magic;
-    const float f = clamped - n;
+    const float f = clamped * log2e - n;
     // 2^f = 1 + f * q(f): the constant term is exactly 1, so that the row's largest term, 2^0, is
     // exactly 1 (a single-class row has loss 0, and no bias accumulates over millions of rows).
     float q = 1.559467782e-04f;
@@ -202,7 +205,7 @@ inline float fast_exp(float x) {
 // whose max is +inf or NaN has a term of inf - inf or NaN, and one whose max is -inf has only -inf
 // logits (-inf - -inf is NaN). A chunk of -inf logits is shifted by 0 instead (chunk_shift).
 inline float exp_in_sum(float x, float shift) {
-    return exp2_float_in_sum((x - shift) * 1.44269504088896341f, shift * 0.0f - 126.0f);
+    return exp_float_in_sum(x - shift, shift * 0.0f + kExpFloatLowest);
 }
 inline double exp_in_sum(double x, double shift) {
     return exp_double_in_sum(x - shift, shift * 0.0 + kExpDoubleLowest);
