@@ -167,6 +167,24 @@ def test_single_class(rng, reduction, dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("classes", [33, 47, 63, 65, 100, 129, 1000])
+def test_max_in_each_of_the_last_classes(classes, dtype):
+    """The row max found wherever it is, in particular among the last classes, which the vector
+    blocks of the max reach apart from the rest of the row."""
+    positions = np.arange(classes - min(classes, 72), classes)
+    x = np.tile(np.linspace(-3.0, 3.0, classes), (len(positions), 1)).astype(dtype)
+    x[np.arange(len(positions)), positions] = 1000.0  # far above the rest: a missed max overflows
+    target = (positions + 1) % classes
+    for got, expected in [
+        (fx.logsumexp(x), ref.logsumexp(upcast(x))),
+        (fx.log_softmax(x), ref.log_softmax(upcast(x))),
+        (fx.cross_entropy(x, target, reduction="none"), ref.cross_entropy(upcast(x), target, reduction="none")),
+    ]:
+        assert np.all(np.isfinite(got))
+        assert_close(got, expected, dtype, terms=classes)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("shape", [(1, 200_000), (200_000,)], ids=["1,C", "C"])
 def test_one_row_of_200000_classes(rng, shape, label_smoothing, dtype):

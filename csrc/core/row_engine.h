@@ -136,7 +136,14 @@ T row_max(const T* x, std::int64_t n) {
     for (; i + L <= n; i += L) {
         for (int j = 0; j < L; ++j) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
     }
-    for (; i < n; ++i) acc[0] = x[i] > acc[0] ? x[i] : acc[0];
+    if (i < n && i > 0) {
+        // The last L values, some of them again: taking a value twice leaves a max unchanged, and
+        // one vector block is much faster than up to L - 1 dependent scalar steps.
+        const T* last = x + n - L;
+        for (int j = 0; j < L; ++j) acc[j] = last[j] > acc[j] ? last[j] : acc[j];
+    } else {
+        for (; i < n; ++i) acc[0] = x[i] > acc[0] ? x[i] : acc[0];
+    }
     T best = acc[0];
     for (int j = 1; j < L; ++j) best = acc[j] > best ? acc[j] : best;
     return best;
