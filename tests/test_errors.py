@@ -134,6 +134,33 @@ def test_first_invalid_target_of_a_long_array(call, threads, restore_num_threads
     assert names_number(message, C + 2) and names_number(message, 16_385), message
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("bad", [2**40, -(2**40), 40, -1])
+@pytest.mark.parametrize(
+    "shape,axis",
+    [((1000, 7), -1), ((1000, 32), -1), ((3, 7, 500), 1), ((3, 40, 500), 1)],
+    ids=["small-rows", "32-classes", "class-axis-not-last", "40-classes-not-last"],
+)
+def test_invalid_targets_found_inside_the_loss_kernel(shape, axis, bad, reduction):
+    """A loss without a gradient or class weights checks index targets as its tiles read them: the
+    error still names the first invalid target in flat order, and nothing is read through any."""
+    classes = shape[axis]
+    x = logits(shape, np.float32)
+    target_shape = shape[:axis % len(shape)] + shape[axis % len(shape) + 1 :]
+    target = (np.arange(np.prod(target_shape)) % classes).reshape(target_shape)
+    flat = target.reshape(-1)
+    flat[::11] = -100
+    first, later = 700, flat.size - 3
+    flat[[first, later]] = [bad, classes]
+    with pytest.raises(IndexError) as info:
+        fx.cross_entropy(x, target, axis=axis, reduction=reduction)
+    message = str(info.value)
+    assert names_number(message, bad) and names_number(message, first), message
+    flat[[first, later]] = 0
+    loss = fx.cross_entropy(x, target, axis=axis, reduction=reduction)
+    assert np.all(np.isfinite(loss))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_mean_over_a_long_array_counts_every_kept_row(threads, restore_num_threads):
     rows = 100_003

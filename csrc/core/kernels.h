@@ -57,13 +57,21 @@ struct RowStats {
     double log_sum;
 };
 
+// The check of index targets: the position of the first target outside [0, classes) that is not
+// ignore_index (-1 if none), and how many targets are not ignore_index. Counted in fixed blocks, so
+// the result never depends on the thread count.
+struct TargetCheck {
+    std::int64_t first_invalid;
+    std::int64_t kept;
+};
+
 template <typename T>
 struct CrossEntropyProblem {
     const T* input = nullptr;
     ClassAxisView view;
 
     // Exactly one of the two targets is set.
-    const std::int64_t* target_index = nullptr;  // C-contiguous (outer, inner), validated by the caller
+    const std::int64_t* target_index = nullptr;  // C-contiguous (outer, inner), validated (see target_checks)
     const T* target_prob = nullptr;              // C-contiguous (outer, classes, inner)
 
     const T* weight = nullptr;  // (classes,) or null for all ones
@@ -85,6 +93,11 @@ struct CrossEntropyProblem {
     // (see plan_work), so the total does not depend on the thread count.
     double* partial_sums = nullptr;
     double* workspace = nullptr;  // split_workspace_size(view) doubles
+    // Index targets are checked by the caller, or, where targets_checked_by_kernel(*this) holds, by
+    // the kernel: then this holds one TargetCheck per work item, filled in item order. The caller
+    // combines them and, if a target is invalid, raises and discards every result (the row losses
+    // and partial sums are then meaningless).
+    TargetCheck* target_checks = nullptr;
 
     // The soft cap: the logits pass through softcap * tanh(x / softcap) before everything above
     // (0: none); the gradient is with respect to the uncapped logits, and saved statistics are those
@@ -104,14 +117,6 @@ template <typename T>
 struct ScoreProblem;
 template <typename T>
 struct ScoreSpansProblem;
-
-// The check of index targets: the position of the first target outside [0, classes) that is not
-// ignore_index (-1 if none), and how many targets are not ignore_index. Counted in fixed blocks, so
-// the result never depends on the thread count.
-struct TargetCheck {
-    std::int64_t first_invalid;
-    std::int64_t kept;
-};
 
 struct KernelTable {
     const char* isa = "";
@@ -142,6 +147,16 @@ struct WorkPlan {
 };
 
 WorkPlan plan_work(const ClassAxisView& view);
+
+// Whether a cross-entropy kernel may check the index targets itself (target_checks): its rows are
+// tiles, which read each target once and never read through an invalid one (see the Note on index
+// targets of a tile in row_engine.h), and nothing else reads through targets (class weights) or is
+// written where an invalid target would spoil the caller's data (a gradient, statistics).
+template <typename T>
+bool targets_checked_by_kernel(const CrossEntropyProblem<T>& p) {
+    return p.target_index != nullptr && p.weight == nullptr && p.grad == nullptr && p.grad_half == nullptr &&
+           p.save_stats == nullptr && p.saved_stats == nullptr && plan_work(p.view).strategy != Strategy::rows;
+}
 
 // Few rows of very many classes (4 x 256000): the rows strategy would leave threads idle, so each
 // row is cut into chunks of kSplitChunk classes, and every phase (max, sums, outputs) runs over all

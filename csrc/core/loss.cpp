@@ -167,11 +167,13 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
 // A tile of `lanes` consecutive rows starting at `row0`: class c of lane l at x[c * stride + l], its
 // probability target at y[c * y_stride + l], its gradient at grad[c * grad_stride + l]. Returns the
 // sum of the tile's losses, added in a fixed order. Per-lane work is done in arrays so that it vectorises
-// across rows; only the target gathers and scatters are scalar.
+// across rows; only the gradient's target scatters, and the target gathers above kSmallClasses
+// classes, are scalar. `check`, when not null, receives the check of the tile's targets, its first
+// invalid one as a flat row (see CrossEntropyProblem::target_checks).
 template <typename T>
 double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, const T* y, std::int64_t y_stride,
                  T* grad, std::int64_t grad_stride, std::int64_t row0, std::int64_t lanes,
-                 const TilePrefetch<T>& prefetch = TilePrefetch<T>{}) {
+                 const TilePrefetch<T>& prefetch = TilePrefetch<T>{}, TargetCheck* check = nullptr) {
     const CrossEntropyProblem<T>& p = ctx.problem;
     const std::int64_t classes = ctx.classes;
     // Only the tile's sum of losses is wanted, and every kept row adds its log(sum) once: the logs
@@ -206,15 +208,24 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     double weight_t[kTileLanes];
     double kept[kTileLanes];  // 1 or 0: a double, so that the per-lane loops below vectorise
     if (index_targets) {
+        // See the Note on index targets of a tile (row_engine.h).
         const std::int64_t* targets = p.target_index + row0;
-        const std::int64_t ignore_index = p.ignore_index;
+        std::int64_t target_class[kTileLanes];
+        const std::int64_t invalid = tile_target_classes(targets, lanes, classes, p.ignore_index, target_class, kept);
+        if (check != nullptr) {
+            std::int64_t kept_count = 0;
+            for (std::int64_t l = 0; l < lanes; ++l) kept_count += targets[l] != p.ignore_index ? 1 : 0;
+            std::int64_t first = -1;
+            for (std::int64_t l = 0; l < lanes && invalid > 0 && first < 0; ++l) {
+                if (targets[l] != p.ignore_index && target_class[l] < 0) first = row0 + l;
+            }
+            *check = TargetCheck{first, kept_count};
+        }
+        tile_target_logits(x, stride, classes, lanes, target_class, target_logit);
         const T* weight = p.weight;
         for (std::int64_t l = 0; l < lanes; ++l) {
-            const std::int64_t t = targets[l];
-            const bool keep = t != ignore_index;
-            kept[l] = keep ? 1.0 : 0.0;
-            target_logit[l] = keep ? static_cast<double>(x[t * stride + l]) : 0.0;
-            weight_t[l] = !keep ? 0.0 : weight == nullptr ? 1.0 : static_cast<double>(weight[t]);
+            const std::int64_t t = target_class[l];
+            weight_t[l] = weight == nullptr ? kept[l] : t < 0 ? 0.0 : static_cast<double>(weight[t]);
         }
         const bool smoothed_loss = smoothing > 0.0 && ctx.needs_loss;
         if (smoothed_loss) tile_weighted_sum(x, stride, p.weight, classes, lanes, tile.max, dot);
@@ -435,7 +446,7 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
 // inlined copy cost 8% on a 32 x 100 call).
 template <typename T>
 [[gnu::noinline]] double loss_item_staged(const LossContext<T>& ctx, const WorkPlan& plan, const ItemRows& range,
-                        const StagingBuffers<T>& buffer) {
+                        const StagingBuffers<T>& buffer, TargetCheck* check) {
     const CrossEntropyProblem<T>& p = ctx.problem;
     const ClassAxisView& view = p.view;
     const std::int64_t classes = ctx.classes;
@@ -455,7 +466,7 @@ template <typename T>
         ctx.logits.load_tile(range.outer * view.outer_stride + range.lane0, view.class_stride, classes, range.lanes,
                              values, slope);
         item_sum = loss_tile(ctx, values, kTileLanes, p.target_prob == nullptr ? nullptr : p.target_prob + dense_offset,
-                             view.inner, grad, kTileLanes, range.first, range.lanes);
+                             view.inner, grad, kTileLanes, range.first, range.lanes, TilePrefetch<T>{}, check);
         if (has_grad) ctx.grad.store_tile(dense_offset, view.inner, values, slope, classes, range.lanes);
     } else {
         T tile_target[kSmallClasses * kTileLanes];
@@ -465,7 +476,7 @@ template <typename T>
             transpose_into_tile(p.target_prob + range.first * classes, classes, classes, range.lanes, tile_target);
         }
         item_sum = loss_tile(ctx, values, kTileLanes, tile_target, kTileLanes, grad, kTileLanes, range.first,
-                             range.lanes);
+                             range.lanes, TilePrefetch<T>{}, check);
         if (has_grad) ctx.grad.store_transposed(range.first * classes, values, slope, classes, range.lanes);
     }
     return item_sum;
@@ -492,8 +503,9 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
     for (std::int64_t item = 0; item < plan.items; ++item) {
         double item_sum = 0.0;
         const ItemRows range = item_rows(plan, view, item);
+        TargetCheck* check = problem.target_checks == nullptr ? nullptr : problem.target_checks + item;
         if (staged) {
-            item_sum = loss_item_staged(ctx, plan, range, thread_staging(problem.staging, per_thread, capped));
+            item_sum = loss_item_staged(ctx, plan, range, thread_staging(problem.staging, per_thread, capped), check);
         } else if (plan.strategy == Strategy::rows) {
             for (std::int64_t row = range.first; row < range.last; ++row) {
                 item_sum += loss_row(ctx, problem.input + row * view.outer_stride, row,
@@ -509,7 +521,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
                                  problem.target_prob == nullptr ? nullptr : problem.target_prob + dense_offset,
                                  view.inner, problem.grad == nullptr ? nullptr : problem.grad + dense_offset,
                                  view.inner, outer * view.inner + lane0, lanes,
-                                 next_tile(problem.input, plan, view, item));
+                                 next_tile(problem.input, plan, view, item), check);
         } else {
             const std::int64_t first = range.first;
             const std::int64_t lanes = range.lanes;
@@ -523,7 +535,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             }
             item_sum = loss_tile(ctx, tile_in, kTileLanes, tile_target, kTileLanes,
                                  problem.grad == nullptr ? nullptr : tile_grad, kTileLanes, first, lanes,
-                                 next_tile(problem.input, plan, view, item));
+                                 next_tile(problem.input, plan, view, item), check);
             if (problem.grad != nullptr) transpose_from_tile(tile_grad, classes, lanes, problem.grad + first * classes);
         }
         if (problem.partial_sums != nullptr) problem.partial_sums[item] = item_sum;

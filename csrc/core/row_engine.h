@@ -577,6 +577,58 @@ inline double ordered_sum(const double* values, std::int64_t n) {
     return fold_sum(acc);
 }
 
+// Note: index targets of a tile. A tile's targets are first read into class numbers:
+// target_class[l] is lane l's target, or -1 when it is ignore_index or outside [0, classes), so that
+// nothing is ever read through an invalid target, even one the caller has not checked (see
+// CrossEntropyProblem::target_checks); kept[l] is 1, or 0 for ignore_index. The target logits are
+// then gathered, for up to kSmallClasses classes, as one select per class and lane, which
+// vectorises (a scalar gather per lane is left for more classes). On 1048576 x 10 logits the scalar
+// gather and the separate pass of the check took a fifth of the loss's time; reading the targets
+// here, the tile mostly waits for them instead, and the loss gained 0-9% on this machine (one read
+// of the targets less matters more where memory is shared by more cores). Returns how many lanes
+// hold an invalid target.
+inline std::int64_t tile_target_classes(const std::int64_t* targets, std::int64_t lanes, std::int64_t classes,
+                                        std::int64_t ignore_index, std::int64_t* target_class, double* kept) {
+    std::int64_t invalid = 0;
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        const std::int64_t t = targets[l];
+        const bool keep = t != ignore_index;
+        const bool in_range = t >= 0 && t < classes;
+        target_class[l] = keep && in_range ? t : -1;
+        kept[l] = keep ? 1.0 : 0.0;
+        invalid += keep && !in_range ? 1 : 0;
+    }
+    return invalid;
+}
+
+// target_logit[l] = x[target_class[l] * stride + l], or 0 where target_class[l] is -1.
+template <typename T>
+void tile_target_logits(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
+                        const std::int64_t* target_class, double* target_logit) {
+    if (classes > kSmallClasses) {
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            const std::int64_t t = target_class[l];
+            target_logit[l] = t < 0 ? 0.0 : static_cast<double>(x[t * stride + l]);
+        }
+        return;
+    }
+    std::int32_t small_class[kTileLanes];
+    T logit[kTileLanes];
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        small_class[l] = static_cast<std::int32_t>(target_class[l]);
+        logit[l] = T(0);
+    }
+    for (std::int64_t c = 0; c < classes; ++c) {
+        const T* row = x + c * stride;
+        const std::int32_t cls = static_cast<std::int32_t>(c);
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            const T value = row[l];
+            logit[l] = small_class[l] == cls ? value : logit[l];
+        }
+    }
+    for (std::int64_t l = 0; l < lanes; ++l) target_logit[l] = static_cast<double>(logit[l]);
+}
+
 // Per lane: sum_c w_c * (x_c - max) in double.
 template <typename T>
 void tile_weighted_sum(const T* x, std::int64_t stride, const T* weight, std::int64_t classes,
