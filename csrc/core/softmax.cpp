@@ -35,8 +35,12 @@ void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row,
 template <typename T>
 void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
                   T* out, std::int64_t out_stride, const TilePrefetch<T>& prefetch = TilePrefetch<T>{}) {
+    // A float log_softmax takes its logs in float (log_float). Softmax needs them in double: its
+    // 1 / sum is exp(-log_sum) (see TileStats).
+    constexpr bool float_logs = std::is_same_v<T, float>;
+    const bool double_logs = op != SoftmaxOp::log_softmax || !float_logs;
     TileStats<T> tile;
-    tile_stats(x, stride, classes, lanes, op == SoftmaxOp::softmax, tile, prefetch);
+    tile_stats(x, stride, classes, lanes, op == SoftmaxOp::softmax, tile, prefetch, double_logs);
     if (op == SoftmaxOp::logsumexp) {
         for (std::int64_t l = 0; l < lanes; ++l) {
             out[l] = static_cast<T>(logsumexp_from_stats(tile.row(l), x + l, stride, classes));
@@ -45,9 +49,14 @@ void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t cl
     }
     T log_sum[kTileLanes];  // (x - max) - log(sum), in that order, as in write_log_softmax
     T scale[kTileLanes];
-    for (std::int64_t l = 0; l < lanes; ++l) {
-        log_sum[l] = static_cast<T>(tile.log_sum[l]);
-        scale[l] = static_cast<T>(tile.inverse[l]);
+    if (op == SoftmaxOp::log_softmax && float_logs) {
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            log_sum[l] = static_cast<T>(log_float(static_cast<float>(tile.sum[l])));
+        }
+    } else if (op == SoftmaxOp::log_softmax) {
+        for (std::int64_t l = 0; l < lanes; ++l) log_sum[l] = static_cast<T>(tile.log_sum[l]);
+    } else {
+        for (std::int64_t l = 0; l < lanes; ++l) scale[l] = static_cast<T>(tile.inverse[l]);
     }
     for (std::int64_t c = 0; c < classes; ++c) {
         const T* in_row = x + c * stride;
