@@ -181,6 +181,13 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     const bool logs_as_product = p.target_index != nullptr && p.weight == nullptr && p.z_loss == 0.0 &&
                                  p.row_loss == nullptr && grad == nullptr && p.save_stats == nullptr &&
                                  p.saved_stats == nullptr && classes <= kMaxProductClasses;
+    if (p.target_index != nullptr) {
+        // The next tile's targets, which follow these: fetched while this tile's exponentials run
+        // (measured: the tile otherwise waits for its targets, a tenth of its time on 16x21x128x128).
+        const std::int64_t next = row0 + lanes;
+        const std::int64_t rows = p.view.rows();
+        if (next < rows) prefetch_range(p.target_index + next, 0, rows - next < lanes ? rows - next : lanes);
+    }
     TileStats<T> tile;
     if (p.saved_stats != nullptr) {
         load_tile_stats(p.saved_stats + row0, lanes, tile);
