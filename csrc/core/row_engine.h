@@ -542,13 +542,16 @@ constexpr std::int64_t kMaxProductClasses = std::int64_t{1} << 24;
 
 inline double kept_log_sum(const double* sum, const double* kept, std::int64_t lanes) {
     constexpr int L = kAccumulators<double>;
+    // The factors first: a select inside the products' loop becomes a branch per lane.
+    double factor[kTileLanes];
+    for (std::int64_t l = 0; l < lanes; ++l) factor[l] = kept[l] != 0.0 ? sum[l] : 1.0;
     double product[L];
     for (int j = 0; j < L; ++j) product[j] = 1.0;
     std::int64_t i = 0;
     for (; i + L <= lanes; i += L) {
-        for (int j = 0; j < L; ++j) product[j] *= kept[i + j] != 0.0 ? sum[i + j] : 1.0;
+        for (int j = 0; j < L; ++j) product[j] *= factor[i + j];
     }
-    for (; i < lanes; ++i) product[0] *= kept[i] != 0.0 ? sum[i] : 1.0;
+    for (; i < lanes; ++i) product[0] *= factor[i];
     double logs[L];
     for (int j = 0; j < L; ++j) logs[j] = log_double(product[j]);
     return fold_sum(logs);
