@@ -97,7 +97,7 @@ py::tuple run_cross_entropy(const py::array& input, int half, double softcap, co
 
     const WorkPlan plan = plan_work(view);
     // The targets are checked here, or by the kernel where it can (targets_checked_by_kernel): a
-    // separate pass over them took a tenth of a small-class loss's time.
+    // separate pass over them took 6% of a 1048576 x 10 loss's time.
     std::vector<TargetCheck> item_checks;
     if (targets_checked_by_kernel(problem)) {
         item_checks.resize(static_cast<std::size_t>(plan.items));
