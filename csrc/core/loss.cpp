@@ -218,15 +218,10 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
         // See the Note on index targets of a tile (row_engine.h).
         const std::int64_t* targets = p.target_index + row0;
         std::int64_t target_class[kTileLanes];
-        const std::int64_t invalid = tile_target_classes(targets, lanes, classes, p.ignore_index, target_class, kept);
+        tile_target_classes(targets, lanes, classes, p.ignore_index, target_class, kept);
         if (check != nullptr) {
-            std::int64_t kept_count = 0;
-            for (std::int64_t l = 0; l < lanes; ++l) kept_count += targets[l] != p.ignore_index ? 1 : 0;
-            std::int64_t first = -1;
-            for (std::int64_t l = 0; l < lanes && invalid > 0 && first < 0; ++l) {
-                if (targets[l] != p.ignore_index && target_class[l] < 0) first = row0 + l;
-            }
-            *check = TargetCheck{first, kept_count};
+            *check = check_target_block(targets, lanes, classes, p.ignore_index);
+            if (check->first_invalid >= 0) check->first_invalid += row0;
         }
         tile_target_logits(x, stride, classes, lanes, target_class, target_logit);
         const T* weight = p.weight;

@@ -580,6 +580,32 @@ inline double ordered_sum(const double* values, std::int64_t n) {
     return fold_sum(acc);
 }
 
+// The check of a run of index targets (TargetCheck; its first invalid one relative to `target`):
+// counts without branches, so that the loop vectorises; the position of the first invalid target is
+// searched for only in a run that has one. Blocks of check_targets (target_check.cpp) and the tiles
+// of a loss that checks its own targets (CrossEntropyProblem::target_checks).
+inline TargetCheck check_target_block(const std::int64_t* target, std::int64_t count, std::int64_t classes,
+                                      std::int64_t ignore_index) {
+    const std::uint64_t limit = static_cast<std::uint64_t>(classes);
+    std::int64_t invalid = 0;
+    std::int64_t kept = 0;
+    for (std::int64_t i = 0; i < count; ++i) {
+        const std::int64_t t = target[i];
+        const std::int64_t keep = t != ignore_index;
+        kept += keep;
+        invalid += keep & static_cast<std::int64_t>(static_cast<std::uint64_t>(t) >= limit);
+    }
+    std::int64_t first = -1;
+    for (std::int64_t i = 0; i < count && invalid > 0; ++i) {
+        const std::int64_t t = target[i];
+        if ((t < 0 || t >= classes) && t != ignore_index) {
+            first = i;
+            break;
+        }
+    }
+    return TargetCheck{first, kept};
+}
+
 // Note: index targets of a tile. A tile's targets are first read into class numbers:
 // target_class[l] is lane l's target, or -1 when it is ignore_index or outside [0, classes), so that
 // nothing is ever read through an invalid target, even one the caller has not checked (see
@@ -588,20 +614,16 @@ inline double ordered_sum(const double* values, std::int64_t n) {
 // vectorises (a scalar gather per lane is left for more classes). On 1048576 x 10 logits the scalar
 // gather and the separate pass of the check took a fifth of the loss's time; reading the targets
 // here, the tile mostly waits for them instead, and the loss gained 0-9% on this machine (one read
-// of the targets less matters more where memory is shared by more cores). Returns how many lanes
-// hold an invalid target.
-inline std::int64_t tile_target_classes(const std::int64_t* targets, std::int64_t lanes, std::int64_t classes,
-                                        std::int64_t ignore_index, std::int64_t* target_class, double* kept) {
-    std::int64_t invalid = 0;
+// of the targets less matters more where memory is shared by more cores).
+inline void tile_target_classes(const std::int64_t* targets, std::int64_t lanes, std::int64_t classes,
+                                std::int64_t ignore_index, std::int64_t* target_class, double* kept) {
     for (std::int64_t l = 0; l < lanes; ++l) {
         const std::int64_t t = targets[l];
         const bool keep = t != ignore_index;
         const bool in_range = t >= 0 && t < classes;
         target_class[l] = keep && in_range ? t : -1;
         kept[l] = keep ? 1.0 : 0.0;
-        invalid += keep && !in_range ? 1 : 0;
     }
-    return invalid;
 }
 
 // target_logit[l] = x[target_class[l] * stride + l], or 0 where target_class[l] is -1.
