@@ -235,6 +235,36 @@ def test_tiles_of_small_class_counts(rng, num_rows):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
+@pytest.mark.parametrize(
+    "shape,axis",
+    [((300, 1000), None), ((300, 10), None), ((7, 21, 40), None), ((5, 300, 13), -1)],
+    ids=["rows", "small-rows", "class-axis-not-last", "small-rows-3d"],
+)
+def test_loss_class_backward_is_the_fused_gradient_to_the_last_bit(rng, shape, axis, probabilities, dtype):
+    """The loss class saves each row's statistics and makes its gradient from them later; the
+    fused call makes its gradient from the exponentials it summed. Both sum the same terms, so
+    the two gradients agree exactly, in every kernel layout (whole rows, tiles of small rows,
+    tiles along an inner axis)."""
+    layout = Layout(shape, axis)
+    x = make_logits(rng, shape, dtype, scale=4.0)
+    options = Options(weight=True, ignore_some_rows=not probabilities, label_smoothing=0.1)
+    target = (
+        make_probability_target(rng, layout, dtype)
+        if probabilities
+        else make_index_target(rng, layout, options)
+    )
+    kwargs = loss_kwargs(rng, layout, options, dtype)
+    for reduction in REDUCTIONS:
+        loss, fused = fx.cross_entropy_with_grad(x, target, reduction=reduction, **kwargs)
+        weight = kwargs.pop("weight")
+        criterion = fx.CrossEntropyLoss(weight, reduction=reduction, **kwargs)
+        kwargs["weight"] = weight
+        np.testing.assert_array_equal(criterion(x, target), loss)
+        np.testing.assert_array_equal(criterion.backward(), fused)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
 @pytest.mark.parametrize("shape,axis", [((3000, 37), None), ((8, 37, 300), None), ((6, 500, 37), -1)])
 def test_many_rows(rng, shape, axis, probabilities, dtype):
     """Large enough to be split between threads."""

@@ -188,14 +188,24 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
         const std::int64_t rows = p.view.rows();
         if (next < rows) prefetch_range(p.target_index + next, 0, rows - next < lanes ? rows - next : lanes);
     }
+    // Note: a tile's gradient exponentials, computed once, as a row's (see row_exps_into): the sums
+    // store their terms, fast_exp's, into the gradient, which is then made from them in place. So
+    // everything else that reads the logits is done first: the gradient may be the logits themselves
+    // (out=input, or a staging buffer). Saved statistics (the loss class) sum the same terms, so that
+    // a gradient from them is the same to the last bit as the fused one. Only for tiles of
+    // transposed rows (the class axis last, small_rows): a tile along an inner axis (columns), read
+    // in place, has its classes a whole inner extent apart, and there the stored terms, written among
+    // loads that far apart, contend with them for the same cache sets (measured: 15% slower on
+    // 16x21x128x128 than computing the exponentials twice). The choice depends on the layout alone,
+    // not on staging, so that 16-bit logits give the gradient of their float32 copy.
+    const bool stats_here = p.saved_stats == nullptr;
+    const bool transposed = p.view.inner == 1;
+    const bool exps_in_grad = stats_here && grad != nullptr && transposed;
     TileStats<T> tile;
-    if (p.saved_stats != nullptr) {
-        load_tile_stats(p.saved_stats + row0, lanes, tile);
+    if (stats_here) {
+        tile_max(x, stride, classes, lanes, tile.max);
     } else {
-        tile_stats(x, stride, classes, lanes, grad != nullptr, tile, prefetch, !logs_as_product);
-    }
-    if (p.save_stats != nullptr) {
-        for (std::int64_t l = 0; l < lanes; ++l) p.save_stats[row0 + l] = tile.row(l);
+        load_tile_stats(p.saved_stats + row0, lanes, tile);
     }
 
     double dot[kTileLanes];    // S (smoothing) or sum_c u_c (x_c - max) (probability targets)
@@ -214,6 +224,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     double target_logit[kTileLanes];
     double weight_t[kTileLanes];
     double kept[kTileLanes];  // 1 or 0: a double, so that the per-lane loops below vectorise
+    const bool smoothed_loss = index_targets && smoothing > 0.0 && ctx.needs_loss;
     if (index_targets) {
         // See the Note on index targets of a tile (row_engine.h).
         const std::int64_t* targets = p.target_index + row0;
@@ -229,8 +240,24 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             const std::int64_t t = target_class[l];
             weight_t[l] = weight == nullptr ? kept[l] : t < 0 ? 0.0 : static_cast<double>(weight[t]);
         }
-        const bool smoothed_loss = smoothing > 0.0 && ctx.needs_loss;
         if (smoothed_loss) tile_weighted_sum(x, stride, p.weight, classes, lanes, tile.max, dot);
+    } else {
+        tile_probability_sums(x, stride, y, y_stride, ctx.probability, classes, lanes, tile.max, dot, total);
+    }
+
+    if (exps_in_grad) {
+        tile_sums<T, SumTerms::written_and_stored>(x, stride, classes, lanes, true, tile, prefetch, true, grad,
+                                                   grad_stride);
+    } else if (stats_here && transposed && p.save_stats != nullptr) {
+        tile_sums<T, SumTerms::written>(x, stride, classes, lanes, false, tile, prefetch, true);
+    } else if (stats_here) {
+        tile_sums(x, stride, classes, lanes, grad != nullptr, tile, prefetch, !logs_as_product);
+    }
+    if (p.save_stats != nullptr) {
+        for (std::int64_t l = 0; l < lanes; ++l) p.save_stats[row0 + l] = tile.row(l);
+    }
+
+    if (index_targets) {
         const double uniform = smoothing / static_cast<double>(classes);
         const double uniform_a = ctx.uniform_a();
         const double weight_total = ctx.weight_total;
@@ -244,7 +271,6 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             a[l] = (1.0 - smoothing) * weight_t[l] + uniform_a;
         }
     } else {
-        tile_probability_sums(x, stride, y, y_stride, ctx.probability, classes, lanes, tile.max, dot, total);
         for (std::int64_t l = 0; l < lanes; ++l) {
             loss[l] = -(dot[l] - total[l] * tile.log_sum[l]);
             a[l] = total[l];
@@ -268,23 +294,29 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
         coefficient[l] = static_cast<T>(a[l] * scale[l] * tile.inverse[l]);
         lane_scale[l] = static_cast<T>(scale[l]);
     }
-    for (std::int64_t c = 0; c < classes; ++c) {
-        const T* in_row = x + c * stride;
-        T* out_row = grad + c * grad_stride;
-        if (index_targets) {
-            const T b_w = static_cast<T>(ctx.grad_b_weighted(c));
-            for (std::int64_t l = 0; l < lanes; ++l) {
-                out_row[l] = fast_exp(in_row[l] - tile.max[l]) * coefficient[l] - b_w * lane_scale[l];
-            }
-        } else {
-            const T* target = y + c * y_stride;
-            const T w = p.weight == nullptr ? T(1) : p.weight[c];
-            const ProbabilityWeights<T>& u = ctx.probability;
-            for (std::int64_t l = 0; l < lanes; ++l) {
-                out_row[l] = fast_exp(in_row[l] - tile.max[l]) * coefficient[l] -
-                             w * (u.keep * target[l] + u.uniform) * lane_scale[l];
+    // The gradient from e(c, l) = exp(x - max) of lane l of class c (stored by the sums, or computed
+    // here from saved statistics).
+    auto write_grad = [&](auto e) {
+        for (std::int64_t c = 0; c < classes; ++c) {
+            T* out_row = grad + c * grad_stride;
+            if (index_targets) {
+                const T b_w = static_cast<T>(ctx.grad_b_weighted(c));
+                for (std::int64_t l = 0; l < lanes; ++l) out_row[l] = e(c, l) * coefficient[l] - b_w * lane_scale[l];
+            } else {
+                const T* target = y + c * y_stride;
+                const T w = p.weight == nullptr ? T(1) : p.weight[c];
+                const ProbabilityWeights<T>& u = ctx.probability;
+                for (std::int64_t l = 0; l < lanes; ++l) {
+                    out_row[l] = e(c, l) * coefficient[l] - w * (u.keep * target[l] + u.uniform) * lane_scale[l];
+                }
             }
         }
+    };
+    if (exps_in_grad) {
+        write_grad([grad, grad_stride](std::int64_t c, std::int64_t l) { return grad[c * grad_stride + l]; });
+    } else {
+        const T* max = tile.max;
+        write_grad([x, stride, max](std::int64_t c, std::int64_t l) { return fast_exp(x[c * stride + l] - max[l]); });
     }
     if (index_targets) {
         // The target's own gradient in double (see LossContext::target_grad), then scattered.

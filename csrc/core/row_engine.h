@@ -361,6 +361,13 @@ void write_softmax(const T* x, T* out, std::int64_t n, const RowStats& stats) {
     for (std::int64_t i = 0; i < n; ++i) out[i] = fast_exp(x[i] - max) * inverse;
 }
 
+// write_softmax on the exponentials that row_exps_into left in out.
+template <typename T>
+void scale_softmax(T* out, std::int64_t n, const RowStats& stats) {
+    const T inverse = inverse_sum<T>(stats);
+    for (std::int64_t i = 0; i < n; ++i) out[i] *= inverse;
+}
+
 // grad_i = scale * (p_i * a - b * w_i): the index-target gradient without its target term, with
 // p_i = e(i) / sum, e(i) = exp(x_i - max) (computed here, or already in grad: scale_index_grad).
 template <typename T, typename Exp>
@@ -469,10 +476,12 @@ TilePrefetch<T> next_tile(const T* input, const WorkPlan& plan, const ClassAxisV
 }
 
 // `prefetch`: class c of the lanes to prefetch at prefetch + c * prefetch_step, or null; asked for
-// before each block's exponentials: a prefetch among them leaves the SSE2 loop scalar.
-template <typename T, int B>
-void tile_sum_exp_lanes(const T* x, std::int64_t stride, std::int64_t classes, const T* max, double* sum,
-                        const T* prefetch, std::int64_t prefetch_step) {
+// before each block's exponentials: a prefetch among them leaves the SSE2 loop scalar. The terms are
+// exp_in_sum's, or fast_exp's (SumTerms), stored at out[c * out_stride + j] for written_and_stored
+// (out may be x itself, with out_stride == stride: each element is read before it is written).
+template <typename T, int B, SumTerms terms>
+void tile_sum_exp_lanes(const T* x, std::int64_t stride, T* out, std::int64_t out_stride, std::int64_t classes,
+                        const T* max, double* sum, const T* prefetch, std::int64_t prefetch_step) {
     T shift[B];
     double total[B];
     for (int j = 0; j < B; ++j) {
@@ -488,46 +497,73 @@ void tile_sum_exp_lanes(const T* x, std::int64_t stride, std::int64_t classes, c
         for (int j = 0; j < B; ++j) acc[j] = T(0);
         for (std::int64_t c = start; c < stop; ++c) {
             const T* row = x + c * stride;
-            for (int j = 0; j < B; ++j) acc[j] += exp_in_sum(row[j], shift[j]);
+            if constexpr (terms == SumTerms::in_sum) {
+                for (int j = 0; j < B; ++j) acc[j] += exp_in_sum(row[j], shift[j]);
+            } else {
+                T e[B];
+                for (int j = 0; j < B; ++j) e[j] = fast_exp(row[j] - shift[j]);
+                if constexpr (terms == SumTerms::written_and_stored) {
+                    T* out_row = out + c * out_stride;
+                    for (int j = 0; j < B; ++j) out_row[j] = e[j];
+                }
+                for (int j = 0; j < B; ++j) acc[j] += e[j];
+            }
         }
         for (int j = 0; j < B; ++j) total[j] += static_cast<double>(acc[j]);
     }
     for (int j = 0; j < B; ++j) sum[j] = total[j];
 }
 
-// sum[l] = sum_c exp(x[c * stride + l] - max[l]) for l < lanes (see the Note above).
-template <typename T>
+// sum[l] = sum_c exp(x[c * stride + l] - max[l]) for l < lanes (see the Note above), with the given
+// terms (stored into out[c * out_stride + l] for written_and_stored).
+template <typename T, SumTerms terms = SumTerms::in_sum>
 void tile_sum_exp(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, const T* max,
-                  double* sum, const TilePrefetch<T>& prefetch) {
+                  double* sum, const TilePrefetch<T>& prefetch, T* out = nullptr, std::int64_t out_stride = 0) {
     constexpr int B = kAccumulators<T>;
     std::int64_t l = 0;
     for (std::int64_t block = 0; l + B <= lanes; l += B, ++block) {
         const T* next = block < prefetch.blocks ? prefetch.next + block * prefetch.block_step : nullptr;
-        tile_sum_exp_lanes<T, B>(x + l, stride, classes, max + l, sum + l, next, prefetch.class_step);
+        tile_sum_exp_lanes<T, B, terms>(x + l, stride, out == nullptr ? nullptr : out + l, out_stride, classes,
+                                        max + l, sum + l, next, prefetch.class_step);
     }
-    for (; l < lanes; ++l) tile_sum_exp_lanes<T, 1>(x + l, stride, classes, max + l, sum + l, nullptr, 0);
+    for (; l < lanes; ++l) {
+        tile_sum_exp_lanes<T, 1, terms>(x + l, stride, out == nullptr ? nullptr : out + l, out_stride, classes,
+                                        max + l, sum + l, nullptr, 0);
+    }
 }
 
-// Per-lane max, sum of exponentials and its log (0 instead, without `with_log`: see kept_log_sum);
-// the reciprocal too when `with_inverse`; prefetching the next tile.
+// Per-lane max.
 template <typename T>
-void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, bool with_inverse,
-                TileStats<T>& tile, const TilePrefetch<T>& prefetch = TilePrefetch<T>{}, bool with_log = true) {
-    for (std::int64_t l = 0; l < lanes; ++l) {
-        tile.max[l] = negative_infinity<T>();
-        tile.sum[l] = 0.0;
-    }
+void tile_max(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, T* max) {
+    for (std::int64_t l = 0; l < lanes; ++l) max[l] = negative_infinity<T>();
     for (std::int64_t c = 0; c < classes; ++c) {
         const T* row = x + c * stride;
-        for (std::int64_t l = 0; l < lanes; ++l) tile.max[l] = row[l] > tile.max[l] ? row[l] : tile.max[l];
+        for (std::int64_t l = 0; l < lanes; ++l) max[l] = row[l] > max[l] ? row[l] : max[l];
     }
-    tile_sum_exp(x, stride, classes, lanes, tile.max, tile.sum, prefetch);
+}
+
+// Per-lane sum of exponentials against tile.max, with the given terms (see tile_sum_exp), and its log
+// (0 instead, without `with_log`: see kept_log_sum); the reciprocal too when `with_inverse`;
+// prefetching the next tile.
+template <typename T, SumTerms terms = SumTerms::in_sum>
+void tile_sums(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, bool with_inverse,
+               TileStats<T>& tile, const TilePrefetch<T>& prefetch, bool with_log, T* out = nullptr,
+               std::int64_t out_stride = 0) {
+    tile_sum_exp<T, terms>(x, stride, classes, lanes, tile.max, tile.sum, prefetch, out, out_stride);
     if (with_log) {
         for (std::int64_t l = 0; l < lanes; ++l) tile.log_sum[l] = log_double(tile.sum[l]);
     } else {
         for (std::int64_t l = 0; l < lanes; ++l) tile.log_sum[l] = 0.0;
     }
     if (with_inverse) tile_inverse(lanes, tile);
+}
+
+// Per-lane max, then the sums (tile_sums, with exp_in_sum's terms).
+template <typename T>
+void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, bool with_inverse,
+                TileStats<T>& tile, const TilePrefetch<T>& prefetch = TilePrefetch<T>{}, bool with_log = true) {
+    tile_max(x, stride, classes, lanes, tile.max);
+    tile_sums(x, stride, classes, lanes, with_inverse, tile, prefetch, with_log);
 }
 
 // Note: logs of a tile as one log of products. A loss reduced over the rows, whose rows each add

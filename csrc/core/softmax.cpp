@@ -16,30 +16,48 @@ namespace {
 template <typename T>
 void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row, T* out, NextRow next = {}) {
     const std::int64_t classes = problem.view.classes;
+    if (problem.op == SoftmaxOp::softmax) {
+        // The exponentials are written once, while they are summed, then scaled in place (see the
+        // Note on the gradient's exponentials in row_engine.h).
+        const T max = row_max(x, classes);
+        const RowStats stats{static_cast<double>(max), std::log(row_exps_into(x, out, classes, max, next))};
+        scale_softmax(out, classes, stats);
+        return;
+    }
     const RowStats stats = row_stats(x, classes, next);
-    switch (problem.op) {
-        case SoftmaxOp::log_softmax:
-            write_log_softmax(x, out, classes, stats);
-            break;
-        case SoftmaxOp::softmax:
-            write_softmax(x, out, classes, stats);
-            break;
-        case SoftmaxOp::logsumexp:
-            problem.output[row] = static_cast<T>(logsumexp_from_stats(stats, x, 1, classes));
-            break;
+    if (problem.op == SoftmaxOp::log_softmax) {
+        write_log_softmax(x, out, classes, stats);
+    } else {
+        problem.output[row] = static_cast<T>(logsumexp_from_stats(stats, x, 1, classes));
     }
 }
 
 // A tile of `lanes` rows laid out as x[c * stride + l]; outputs go to out[c * out_stride + l] (or
-// out[l] for logsumexp).
+// out[l] for logsumexp). `transposed`: the tile holds transposed rows (small_rows), not a tile along
+// an inner axis (columns).
 template <typename T>
 void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
-                  T* out, std::int64_t out_stride, const TilePrefetch<T>& prefetch = TilePrefetch<T>{}) {
-    // A float log_softmax takes its logs in float (log_float). Softmax needs them in double: its
-    // 1 / sum is exp(-log_sum) (see TileStats).
+                  T* out, std::int64_t out_stride, bool transposed,
+                  const TilePrefetch<T>& prefetch = TilePrefetch<T>{}) {
+    TileStats<T> tile;
+    if (op == SoftmaxOp::softmax && transposed) {
+        // The exponentials are stored into the output by the sums and scaled there (as softmax_row),
+        // for transposed rows only (see the Note on a tile's gradient exponentials in loss.cpp).
+        tile_max(x, stride, classes, lanes, tile.max);
+        tile_sums<T, SumTerms::written_and_stored>(x, stride, classes, lanes, true, tile, prefetch, true, out,
+                                                   out_stride);
+        T scale[kTileLanes];
+        for (std::int64_t l = 0; l < lanes; ++l) scale[l] = static_cast<T>(tile.inverse[l]);
+        for (std::int64_t c = 0; c < classes; ++c) {
+            T* out_row = out + c * out_stride;
+            for (std::int64_t l = 0; l < lanes; ++l) out_row[l] *= scale[l];
+        }
+        return;
+    }
+    // A float log_softmax takes its logs in float (log_float). Softmax and logsumexp need them in
+    // double: softmax's 1 / sum is exp(-log_sum) (see TileStats).
     constexpr bool float_logs = std::is_same_v<T, float>;
     const bool double_logs = op != SoftmaxOp::log_softmax || !float_logs;
-    TileStats<T> tile;
     tile_stats(x, stride, classes, lanes, op == SoftmaxOp::softmax, tile, prefetch, double_logs);
     if (op == SoftmaxOp::logsumexp) {
         for (std::int64_t l = 0; l < lanes; ++l) {
@@ -156,9 +174,9 @@ template <typename T>
         logits.load_tile(range.outer * view.outer_stride + range.lane0, view.class_stride, classes, range.lanes,
                          buffer, nullptr);
         if (reduces) {
-            softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, problem.output + range.first, 0);
+            softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, problem.output + range.first, 0, false);
         } else {
-            softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, buffer, kTileLanes);
+            softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, buffer, kTileLanes, false);
             output.store_tile(range.outer * classes * view.inner + range.lane0, view.inner, buffer, nullptr, classes,
                               range.lanes);
         }
@@ -166,9 +184,9 @@ template <typename T>
         logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, buffer,
                                nullptr);
         if (reduces) {
-            softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, problem.output + range.first, 0);
+            softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, problem.output + range.first, 0, true);
         } else {
-            softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, buffer, kTileLanes);
+            softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, buffer, kTileLanes, true);
             output.store_transposed(range.first * classes, buffer, nullptr, classes, range.lanes);
         }
     }
@@ -211,7 +229,7 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
             const T* x = problem.input + outer * view.outer_stride + lane0;
             T* out = reduces ? problem.output + outer * view.inner + lane0
                              : problem.output + outer * classes * view.inner + lane0;
-            softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner,
+            softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner, false,
                          next_tile(problem.input, plan, view, item));
         } else {
             const std::int64_t first = range.first;
@@ -222,9 +240,9 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
                                 tile_in);
             const TilePrefetch<T> prefetch = next_tile(problem.input, plan, view, item);
             if (reduces) {
-                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, problem.output + first, 0, prefetch);
+                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, problem.output + first, 0, true, prefetch);
             } else {
-                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, tile_out, kTileLanes, prefetch);
+                softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, tile_out, kTileLanes, true, prefetch);
                 transpose_from_tile(tile_out, classes, lanes, problem.output + first * classes);
             }
         }
