@@ -367,6 +367,8 @@ def test_results_are_new_arrays(rng):
 ALIAS_CASES = [
     pytest.param(Layout((9, 37), None), id="N,C"),
     pytest.param(Layout((8, 37, 300), None), id="N,C,d-many-rows"),
+    pytest.param(Layout((300, 10), None), id="N,C-small-classes"),
+    pytest.param(Layout((3, 2000), None), id="N,C-wide"),
 ]
 
 
