@@ -294,8 +294,8 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
         coefficient[l] = static_cast<T>(a[l] * scale[l] * tile.inverse[l]);
         lane_scale[l] = static_cast<T>(scale[l]);
     }
-    // The gradient from e(c, l) = exp(x - max) of lane l of class c (stored by the sums, or computed
-    // here from saved statistics).
+    // The gradient from e(c, l) = exp(x - max) of lane l of class c: stored by the sums, or computed
+    // here (from saved statistics, or on a tile along an inner axis).
     auto write_grad = [&](auto e) {
         for (std::int64_t c = 0; c < classes; ++c) {
             T* out_row = grad + c * grad_stride;
