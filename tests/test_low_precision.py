@@ -82,6 +82,51 @@ def test_every_16_bit_value_is_read_exactly(name):
     np.testing.assert_array_equal(fx.logsumexp(padded, axis=1).astype(np.float32), expected)
 
 
+def _float16_rounding_cases(rng):
+    """float32 values of every kind for the rounding to float16: exact ties between float16 neighbours
+    (normal and subnormal) and a float32 ulp either side, the overflow boundary, float32 subnormals,
+    zeros, infinities and NaNs of both signs (quiet, with a payload, and signalling)."""
+    halves = rng.integers(0, 0x7C00, size=300).astype(np.uint16).view(np.float16)
+    low = halves.astype(np.float64)
+    high = np.nextafter(halves, np.float16(np.inf)).astype(np.float64)
+    ties = ((low + high) / 2).astype(np.float32)
+    near = np.concatenate([ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(0))])
+    subnormal = (np.arange(-64, 64) * 2.0**-25).astype(np.float32)
+    edges = np.array(
+        [65504, 65519, 65519.996, 65520, 65536, 1e5, 6.0e-8, 2.9e-8, 3.0e-8, 6.1e-5, 1e-40, -1e-40, 0.0, -0.0,
+         np.inf, -np.inf], np.float32
+    )
+    nans = np.array([0x7FC00000, 0xFFC00000, 0x7FC12345, 0xFFD00001, 0x7F800001, 0xFF800123], np.uint32).view(
+        np.float32
+    )
+    values = np.concatenate([nans, edges, -edges, subnormal, near, -near])
+    assert values.size <= 16 * 128
+    return np.resize(values, 16 * 128)
+
+
+def test_float16_rounding_of_every_kind_of_value(rng):
+    """The float16 gradient is the float32 gradient rounded once, bit for bit, whichever instruction
+    set converts it (vcvtps2ph where F16C is there, integer code otherwise): NaN becomes 0x7e00 with
+    its sign. Logits [0, -inf] with target 1 have the gradient [g, -g] for a grad_output g; the class
+    axis is not last, so the gradient is stored in tiles of 128 contiguous values. (Zero and infinite
+    g give other gradients, also compared.)"""
+    g = _float16_rounding_cases(rng).reshape(16, 128)
+    x = np.zeros((16, 2, 128), np.float32)
+    x[:, 1, :] = -np.inf
+    target = np.ones((16, 128), np.int64)
+    got = fx.cross_entropy_grad(x.astype(np.float16), target, reduction="none", grad_output=g)
+    want = fx.cross_entropy_grad(x, target, reduction="none", grad_output=g)
+    finite = np.isfinite(g) & (g != 0)  # those reach the rounding unchanged: g * (1 - 0)
+    np.testing.assert_array_equal(want[:, 0, :][finite], g[finite])
+    assert np.isnan(want).sum() >= 12
+    assert got.dtype == np.float16
+    nan = np.isnan(want)
+    with np.errstate(over="ignore"):  # beyond float16's range, as expected
+        rounded = want[~nan].astype(np.float16)
+    np.testing.assert_array_equal(got[~nan].view(np.uint16), rounded.view(np.uint16))
+    np.testing.assert_array_equal(got[nan].view(np.uint16), 0x7E00 | (np.signbit(want[nan]) * 0x8000))
+
+
 @pytest.mark.parametrize("name", DTYPES)
 @pytest.mark.parametrize("shape,axis", LAYOUTS)
 @pytest.mark.parametrize("op", ["log_softmax", "softmax", "logsumexp"])

@@ -15,8 +15,11 @@ struct IsaEntry {
 bool always() { return true; }
 
 #if defined(FASTXENT_X86_ISAS)
-// __builtin_cpu_supports also checks that the operating system saves the wider registers.
-bool has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+// __builtin_cpu_supports also checks that the operating system saves the wider registers. The AVX2
+// and AVX-512 builds also convert float16 with F16C (see staging.h).
+bool has_avx2() {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
 bool has_avx512() {
     return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
