@@ -20,7 +20,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+// F16C's conversions, in the AVX2 and AVX-512 builds (see the Note on float16 with F16C).
 #if defined(__F16C__) && defined(__AVX2__)
+#define FASTXENT_F16C 1
 #include <immintrin.h>
 #endif
 
@@ -82,8 +84,7 @@ inline std::uint16_t float_to_float16(float f) {
 // (test_every_16_bit_value_is_read_exactly, test_float16_rounding_of_every_kind_of_value). The
 // remaining elements, and the other instruction sets, use the functions above. Each returns how
 // many elements it converted.
-#if defined(__F16C__) && defined(__AVX2__)
-#define FASTXENT_F16C 1
+#ifdef FASTXENT_F16C
 constexpr bool kFloat16Hardware = true;
 #else
 constexpr bool kFloat16Hardware = false;
