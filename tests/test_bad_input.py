@@ -388,6 +388,17 @@ def test_out_aliasing_the_per_row_grad_output(api):
 
 
 @pytest.mark.parametrize("api", ["cross_entropy_grad", "cross_entropy_with_grad"])
+def test_out_aliasing_the_index_target(api):
+    x = logits((6, 5))
+    buffer = np.zeros((6, 5))
+    target = buffer.view(np.int64).reshape(-1)[:6]  # class 0 six times, in out='s first row and a half
+    with pytest.raises(ValueError) as error:
+        getattr(fx, api)(x, target, out=buffer)
+    says(error, "overlap")
+    np.testing.assert_array_equal(buffer, np.zeros((6, 5)))
+
+
+@pytest.mark.parametrize("api", ["cross_entropy_grad", "cross_entropy_with_grad"])
 def test_out_aliasing_the_weight(api):
     x = logits((6, 5))
     buffer = np.ones((6, 5))

@@ -184,6 +184,69 @@ def test_out_is_filled_and_returned(rng, api, dtype):
     assert_close(out, ref.cross_entropy_grad(upcast(x), target, reduction="sum"), dtype)
 
 
+# The common call (a C-contiguous (N, C) float32/float64 array, int64 targets, every option at its
+# default, a plain number as grad_output) is taken by _core directly, by the functions and by the
+# loss class; int32 targets take the general path through the Python layer. Both must give the same
+# bits.
+@pytest.mark.parametrize("out", ["new", "out", "in-place"])
+@pytest.mark.parametrize("grad_output", [1.0, 3, -0.25])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(37, 11), (5, 3000), (0, 7)], ids=["37x11", "5x3000", "empty"])
+def test_fast_path_gives_the_general_paths_bits(rng, shape, dtype, reduction, grad_output, out):
+    from fastxent import _core
+
+    x = make_logits(rng, shape, dtype)
+    target = rng.integers(0, shape[1], shape[0])
+    target[::4] = -100
+    code = {"none": 0, "mean": 1, "sum": 2}[reduction]
+    assert _core.cross_entropy_fast_with(x, target, -100, code, 1.0, True, True, None, None, None) is not None
+    assert _core.cross_entropy_fast_with(x, target.astype(np.int32), -100, code, 1.0, True, True, None, None, None) is None
+    for api in ["cross_entropy_grad", "cross_entropy_with_grad", "CrossEntropyLoss"]:
+        results = []
+        for t in (target.copy(), target.astype(np.int32)):
+            logits = x.copy()
+            buffer = {"new": None, "out": np.full(shape, np.nan, dtype), "in-place": logits}[out]
+            if api == "CrossEntropyLoss":
+                criterion = fx.CrossEntropyLoss(reduction=reduction)
+                loss = criterion(logits, t)
+                t[:] = 0  # the criterion keeps its own copy of the targets
+                grad = criterion.backward(grad_output, out=buffer)
+            else:
+                result = getattr(fx, api)(logits, t, reduction=reduction, grad_output=grad_output, out=buffer)
+                loss, grad = result if api == "cross_entropy_with_grad" else (None, result)
+            assert grad.dtype == dtype and grad.shape == shape and grad.flags.c_contiguous
+            assert buffer is None or grad is buffer
+            results.append((loss, grad))
+        (fast_loss, fast_grad), (general_loss, general_grad) = results
+        np.testing.assert_array_equal(fast_grad, general_grad)
+        if api != "cross_entropy_grad":
+            assert type(fast_loss) is type(general_loss)
+            assert np.asarray(fast_loss).dtype == dtype
+            np.testing.assert_array_equal(fast_loss, general_loss)
+    _, grad = fx.cross_entropy_with_grad(x, target, reduction=reduction, grad_output=grad_output)
+    expected = ref.cross_entropy_grad(upcast(x), target, reduction=reduction, grad_output=float(grad_output))
+    assert_close(grad, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loss_class_after_a_fast_forward_takes_any_grad_output(rng, dtype):
+    """A forward taken by the fast path, then a backward that is not (per-row or NumPy grad_output)."""
+    x = make_logits(rng, (40, 9), dtype)
+    target = rng.integers(0, 9, 40)
+    target[::5] = -100
+    per_row = rng.standard_normal(40)
+    for grad_output in [per_row, np.float32(-2.5), np.array(0.5)]:
+        grads = []
+        for t in (target, target.astype(np.int32)):
+            criterion = fx.CrossEntropyLoss(reduction="none")
+            criterion(x, t)
+            grads.append(criterion.backward(grad_output))
+        np.testing.assert_array_equal(grads[0], grads[1])
+        expected = ref.cross_entropy_grad(upcast(x), target, reduction="none", grad_output=upcast(grad_output))
+        assert_close(grads[0], expected, dtype)
+
+
 @pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_float16_inputs(rng, reduction, probabilities):

@@ -30,6 +30,22 @@ def cross_entropy_fast(
     input: Any, target: Any, ignore_index: int, reduction: int
 ) -> Union[float, np.ndarray, None]: ...
 
+# The same for the other common calls: the loss (with_loss), the gradient times grad_output
+# (with_grad; into out, or a new array like input), or (loss, gradient); save_stats / saved_stats as
+# cross_entropy's. None also when out needs the Python layer's checks (shape, dtype, layout, overlap).
+def cross_entropy_fast_with(
+    input: Any,
+    target: Any,
+    ignore_index: int,
+    reduction: int,
+    grad_output: float,
+    with_loss: bool,
+    with_grad: bool,
+    out: Any,
+    save_stats: Optional[np.ndarray],
+    saved_stats: Optional[np.ndarray],
+) -> Union[float, np.ndarray, Tuple[Union[float, np.ndarray], np.ndarray], None]: ...
+
 # register_loss.cpp. reduction: 0 none, 1 mean, 2 sum. Returns (sum of the row losses, denominator of "mean").
 def cross_entropy(
     input: np.ndarray,

@@ -7,7 +7,8 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _arguments as args
-from ._functional import ArrayLike, _flag, _grad_buffers, _loss, _prepare, _Problem
+from . import _core
+from ._functional import ArrayLike, _flag, _grad_buffers, _loss, _plain_options, _plain_scalar, _prepare, _Problem
 
 
 class CrossEntropyLoss:
@@ -49,10 +50,23 @@ class CrossEntropyLoss:
         self.label_smoothing = label_smoothing
         self._problem: Optional[_Problem] = None
         self._stats: Optional[np.ndarray] = None
+        self._plain = False  # whether the last forward was the common call (see _plain_forward)
 
     def forward(self, input: ArrayLike, target: ArrayLike) -> Any:
         """The loss of ``input`` against ``target`` (``(loss, z_part)`` with ``return_z_loss``);
         remembers what ``backward`` needs."""
+        if (
+            type(input) is np.ndarray
+            and type(target) is np.ndarray
+            and input.ndim == 2
+            and _plain_options(
+                self.weight, self.axis, self.ignore_index, self.reduction, self.label_smoothing, self.z_loss,
+                self.return_z_loss, self.softcap,
+            )
+        ):
+            loss = self._plain_forward(input, target)
+            if loss is not None:
+                return loss
         problem = _prepare(
             input, target, self.weight, self.axis, self.ignore_index, self.reduction, self.label_smoothing,
             self.z_loss, self.softcap,
@@ -63,10 +77,27 @@ class CrossEntropyLoss:
             problem = problem._replace(targets=problem.targets._replace(index=problem.targets.index.copy()))
         stats = np.zeros((problem.rows, 2), np.float64)
         loss = _loss(problem, self.return_z_loss, save_stats=stats)
-        self._problem, self._stats = problem, stats
+        self._problem, self._stats, self._plain = problem, stats, False
         return loss
 
     __call__ = forward
+
+    def _plain_forward(self, input: np.ndarray, target: np.ndarray) -> Any:
+        """``forward`` for the common call (see ``cross_entropy``), taken by ``_core`` directly; None
+        when the arrays need the general path."""
+        rows, classes = input.shape
+        index = target.copy()  # as in the general path: a private copy of the class indices
+        stats = np.zeros((rows, 2), np.float64)
+        code = args.REDUCTIONS[self.reduction]
+        loss = _core.cross_entropy_fast_with(input, index, self.ignore_index, code, 1.0, True, False, None, stats, None)
+        if loss is None:
+            return None
+        self._problem = _Problem(
+            input, (rows, classes, 1, classes, 1), input.shape, (rows,), input.dtype,
+            args.Targets(index, None), None, self.ignore_index, 0.0, code, 0.0, 0.0,
+        )
+        self._stats, self._plain = stats, True
+        return loss if self.reduction == "none" else input.dtype.type(loss)
 
     def backward(self, grad_output: ArrayLike = 1.0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """d loss / d input of the last ``forward`` call, times ``grad_output`` (a scalar, or for
@@ -74,6 +105,13 @@ class CrossEntropyLoss:
         problem = self._problem
         if problem is None:
             raise RuntimeError("backward() was called before forward(): there is no loss to differentiate")
+        if self._plain and _plain_scalar(grad_output):
+            grad = _core.cross_entropy_fast_with(
+                problem.array, problem.targets.index, problem.ignore_index, problem.reduction, float(grad_output),
+                False, True, out, None, self._stats,
+            )
+            if grad is not None:
+                return grad
         scalar, rows, grad = _grad_buffers(problem, grad_output, out, (), problem.array)
         problem.run(grad=grad, grad_output=scalar, grad_rows=rows, saved_stats=self._stats)
         return grad
