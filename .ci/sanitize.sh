@@ -56,10 +56,11 @@ if [[ $# -gt 0 ]]; then
   tests=("$@")
 else
   # The reduced suite: what exists of the value, error and edge-case tests, the fuzzer (fewer
-  # examples: everything runs slower), bad input, threads, fork and dispatch; no large arrays.
+  # examples: everything runs slower), bad input, threads, fork and dispatch; no large arrays but
+  # the 40 MiB ones of test_result_memory, whose kept block is what ASan should watch.
   tests=()
   for file in test_fuzz test_bad_input test_threads test_fork test_dispatch test_softmax test_cross_entropy \
-    test_grad test_nll_loss test_errors test_edge_cases test_api test_low_precision test_softcap; do
+    test_grad test_nll_loss test_errors test_edge_cases test_api test_low_precision test_softcap test_result_memory; do
     [[ -f "tests/$file.py" ]] && tests+=("tests/$file.py")
   done
   tests+=(-m "not slow")

@@ -19,6 +19,7 @@ PUBLIC = [
     "set_num_threads",
     "get_num_threads",
     "cpu_info",
+    "release_memory",
 ]
 
 

@@ -9,6 +9,7 @@
 #include "core/dispatch.h"
 #include "core/nll.h"
 #include "core/targets.h"
+#include "result_memory.h"
 
 namespace fastxent::bindings {
 
@@ -250,7 +251,7 @@ py::object cross_entropy_fast_with_typed(const py::array& x, const py::array& t,
     if (with_grad && !out.is_none() && !fast_out<T>(out, x, t)) return none;
     const py::object row_loss =
         with_loss && reduction == Reduction::none ? py::object(py::array_t<T>(static_cast<py::ssize_t>(rows))) : none;
-    const py::object grad = !with_grad ? none : !out.is_none() ? out : py::object(py::array_t<T>({rows, classes}));
+    const py::object grad = !with_grad ? none : !out.is_none() ? out : py::object(new_result<T>({rows, classes}));
     const bool want_sum = with_loss && reduction != Reduction::none;
     const py::tuple result = run_cross_entropy<T>(x, -1, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, reduction,
                                                   grad_output, none, row_loss, grad, save_stats, saved_stats, want_sum,

@@ -1,10 +1,13 @@
 // Threads, instruction-set choice and build information.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <stdexcept>
+#include <vector>
 
 #include "core/dispatch.h"
 #include "core/parallel.h"
+#include "result_memory.h"
 
 namespace fastxent::bindings {
 
@@ -34,6 +37,13 @@ void register_runtime(py::module_& module) {
         info["openmp"] = openmp_enabled();
         return info;
     });
+    // Large results (result_memory.h): an uninitialised C-contiguous array, and the kept block.
+    module.attr("KEPT_RESULT_BYTES") = py::int_(kKeptResultBytes);
+    module.def(
+        "empty",
+        [](const std::vector<py::ssize_t>& shape, const py::dtype& dtype) { return new_result(dtype, shape); },
+        py::arg("shape"), py::arg("dtype"));
+    module.def("release_memory", &release_kept_memory);
 }
 
 }  // namespace fastxent::bindings

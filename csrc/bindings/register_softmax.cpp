@@ -4,6 +4,7 @@
 
 #include "arrays.h"
 #include "core/dispatch.h"
+#include "result_memory.h"
 
 namespace fastxent::bindings {
 
@@ -46,19 +47,19 @@ py::array softmax_fast_typed(const py::array& x, SoftmaxOp op, void (*kernel)(co
         }
         return std::move(result);
     }
-    py::array_t<T> result(shape);
+    py::array result = new_result<T>(shape);
     SoftmaxProblem<T> problem;
     problem.input = static_cast<const T*>(x.data());
     problem.view = ClassAxisView{rows, classes, 1, classes, 1};
     problem.op = op;
-    problem.output = result.mutable_data();
+    problem.output = static_cast<T*>(result.mutable_data());
     std::vector<double> workspace(static_cast<std::size_t>(split_workspace_size(problem.view)));
     problem.workspace = workspace.data();
     {
         py::gil_scoped_release release;
         kernel(problem);
     }
-    return std::move(result);
+    return result;
 }
 
 py::object softmax_fast(const py::handle& input, int op_code, std::int64_t axis) {

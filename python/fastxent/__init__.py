@@ -35,6 +35,7 @@ __all__ = [
     "log_softmax",
     "logsumexp",
     "nll_loss",
+    "release_memory",
     "score",
     "score_spans",
     "set_num_threads",
@@ -56,3 +57,15 @@ def cpu_info() -> Dict[str, Any]:
     """What this build runs on: ``isa`` (the instruction set in use: ``baseline``, ``avx2`` or
     ``avx512``; ``FASTXENT_ISA`` forces one), ``supported_isas``, ``num_threads`` and ``openmp``."""
     return dict(_core.cpu_info())
+
+
+def release_memory() -> int:
+    """Frees the memory fastxent keeps for its next large result, and returns its size in bytes.
+
+    The memory of a result of 32 MiB or more (a gradient, ``log_softmax``, ``softmax``) is kept when
+    the last array using it is freed (one block, the most recent), so that the next call of about the
+    same size writes into memory that is already mapped instead of fresh pages, which the operating
+    system zeroes first. On Linux the system may also take the kept pages back by itself when memory
+    runs short.
+    """
+    return _core.release_memory()

@@ -320,6 +320,15 @@ def grad_rows(grad_output: Any, code: int, row_shape: Tuple[int, ...], dtype: np
     return 1.0, np.ascontiguousarray(array, dtype=dtype)
 
 
+def new_result(shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous result array; one of ``_core.KEPT_RESULT_BYTES`` or more comes
+    from ``_core.empty``, which reuses the memory of the last such result freed (result_memory.h)."""
+    nbytes = dtype.itemsize
+    for extent in shape:
+        nbytes *= extent
+    return _core.empty(shape, dtype) if nbytes >= _core.KEPT_RESULT_BYTES else np.empty(shape, dtype)
+
+
 def reduce(total: float, denominator: float, code: int, dtype: np.dtype) -> Any:
     """The reduced loss as a NumPy scalar of ``dtype``; ``mean`` divides in float64 (IEEE rules for a
     zero denominator: 0/0 is NaN)."""

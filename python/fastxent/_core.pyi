@@ -7,7 +7,7 @@
 # They are computed in float32: every other float array of the call is then float32, except the
 # outputs of the logits' size (out=, grad), which may be uint16 in the same 16-bit format.
 
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -17,6 +17,12 @@ View = Tuple[int, int, int, int, int]
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def cpu_info() -> Dict[str, Any]: ...
+
+# Large results (result_memory.h): an uninitialised C-contiguous array, in the kept block when it
+# holds KEPT_RESULT_BYTES or more; release_memory frees the kept block and returns its size.
+KEPT_RESULT_BYTES: int
+def empty(shape: Sequence[int], dtype: np.dtype) -> np.ndarray: ...
+def release_memory() -> int: ...
 
 # register_softmax.cpp. op: 0 log_softmax, 1 softmax, 2 logsumexp. softmax_fast: the common call
 # (class axis last, as -1 or ndim - 1, no out=) on a C-contiguous float32/float64 array, or None.

@@ -28,7 +28,7 @@ def _softmax_family(x: ArrayLike, axis: Any, op: str, out: Optional[np.ndarray])
     if op == "logsumexp":
         result = np.empty(shape, args.compute_dtype(dtype))
     else:
-        result = out if out is not None else np.empty(shape, dtype)
+        result = out if out is not None else args.new_result(shape, dtype)
     _core.softmax(args.core_array(array), view, args.SOFTMAX_OPS[op], args.core_array(result), args.half_code(dtype))
     # logsumexp of 16-bit logits is computed into float32, then rounded to their dtype.
     return result if result.dtype == dtype else result.astype(dtype)
@@ -161,7 +161,7 @@ def _loss(problem: _Problem, return_z_loss: bool = False, **run_options: Any) ->
     if problem.z_loss != 0.0 and stats is None:
         stats = run_options["save_stats"] = np.zeros((problem.rows, 2), np.float64)
     if problem.reduction == args.REDUCTIONS["none"]:
-        row_loss = np.empty(problem.row_shape, problem.compute)
+        row_loss = args.new_result(problem.row_shape, problem.compute)
         problem.run(row_loss=row_loss, **run_options)
         if problem.z_loss == 0.0:
             z_part = np.zeros(problem.row_shape, problem.dtype) if return_z_loss else None
@@ -231,7 +231,7 @@ def _grad_buffers(
         also = problem.compute if problem.compute != problem.dtype else None
         args.output(out, problem.shape, problem.dtype, inputs, in_place=logits, also=also)
         return scalar, rows, out
-    return scalar, rows, np.empty(problem.shape, problem.dtype)
+    return scalar, rows, args.new_result(problem.shape, problem.dtype)
 
 
 def cross_entropy(

@@ -1,0 +1,95 @@
+// Memory for large results, kept for the next call (see the Note in result_memory.h).
+#include "result_memory.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <utility>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
+namespace fastxent::bindings {
+
+namespace {
+
+struct Block {
+    void* data = nullptr;
+    std::size_t bytes = 0;
+};
+
+// The kept block. Results are created and freed with the GIL held, but the lock keeps this correct
+// without one (free-threaded builds).
+std::mutex kept_mutex;
+Block kept;
+
+#if defined(__linux__)
+// madvise over the whole pages inside [data, data + bytes).
+void advise(void* data, std::size_t bytes, int advice) {
+    const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+    const auto first = (reinterpret_cast<std::uintptr_t>(data) + page - 1) / page * page;
+    const auto last = (reinterpret_cast<std::uintptr_t>(data) + bytes) / page * page;
+    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, advice);
+}
+#endif
+
+// A block of at least `bytes`: the kept one when it fits (and is at most twice as large), else fresh.
+Block take_block(std::size_t bytes) {
+    {
+        const std::lock_guard<std::mutex> lock(kept_mutex);
+        if (kept.data != nullptr && kept.bytes >= bytes && kept.bytes / 2 <= bytes) return std::exchange(kept, Block{});
+    }
+    Block fresh{std::malloc(bytes), bytes};
+    if (fresh.data == nullptr) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    advise(fresh.data, bytes, MADV_HUGEPAGE);  // as NumPy does for its large arrays
+#endif
+    return fresh;
+}
+
+// The capsule destructor of a result's memory: keeps the block, freeing the one kept before.
+void keep_block(void* pointer) {
+    Block* block = static_cast<Block*>(pointer);
+#if defined(__linux__) && defined(MADV_FREE)
+    advise(block->data, block->bytes, MADV_FREE);
+#endif
+    Block older;
+    {
+        const std::lock_guard<std::mutex> lock(kept_mutex);
+        older = std::exchange(kept, *block);
+    }
+    std::free(older.data);
+    delete block;
+}
+
+}  // namespace
+
+py::array new_result(const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
+    std::size_t bytes = static_cast<std::size_t>(dtype.itemsize());
+    for (const py::ssize_t extent : shape) bytes *= static_cast<std::size_t>(extent);
+    if (bytes < kKeptResultBytes) return py::array(dtype, shape);
+    Block* block = new Block(take_block(bytes));
+    py::capsule owner;
+    try {
+        owner = py::capsule(block, keep_block);
+    } catch (...) {
+        keep_block(block);
+        throw;
+    }
+    return py::array(dtype, shape, block->data, owner);
+}
+
+std::size_t release_kept_memory() {
+    Block older;
+    {
+        const std::lock_guard<std::mutex> lock(kept_mutex);
+        older = std::exchange(kept, Block{});
+    }
+    std::free(older.data);
+    return older.bytes;
+}
+
+}  // namespace fastxent::bindings
