@@ -184,10 +184,10 @@ def test_out_is_filled_and_returned(rng, api, dtype):
     assert_close(out, ref.cross_entropy_grad(upcast(x), target, reduction="sum"), dtype)
 
 
-# The common call (a C-contiguous (N, C) float32/float64 array, int64 targets, every option at its
-# default, a plain number as grad_output) is taken by _core directly, by the functions and by the
-# loss class; int32 targets take the general path through the Python layer. Both must give the same
-# bits.
+# The common call (a C-contiguous (N, C) float32/float64 array, a 1-D integer array of targets, every
+# option at its default, a plain number as grad_output) is taken by _core directly, by the functions
+# and by the loss class; targets given as a memoryview take the general path through the Python
+# layer. Both must give the same bits.
 @pytest.mark.parametrize("out", ["new", "out", "in-place"])
 @pytest.mark.parametrize("grad_output", [1.0, 3, -0.25])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -201,16 +201,16 @@ def test_fast_path_gives_the_general_paths_bits(rng, shape, dtype, reduction, gr
     target[::4] = -100
     code = {"none": 0, "mean": 1, "sum": 2}[reduction]
     assert _core.cross_entropy_fast_with(x, target, -100, code, 1.0, True, True, None, None, None) is not None
-    assert _core.cross_entropy_fast_with(x, target.astype(np.int32), -100, code, 1.0, True, True, None, None, None) is None
+    assert _core.cross_entropy_fast_with(x, memoryview(target), -100, code, 1.0, True, True, None, None, None) is None
     for api in ["cross_entropy_grad", "cross_entropy_with_grad", "CrossEntropyLoss"]:
         results = []
-        for t in (target.copy(), target.astype(np.int32)):
+        for t in (target.copy(), memoryview(target.copy())):
             logits = x.copy()
             buffer = {"new": None, "out": np.full(shape, np.nan, dtype), "in-place": logits}[out]
             if api == "CrossEntropyLoss":
                 criterion = fx.CrossEntropyLoss(reduction=reduction)
                 loss = criterion(logits, t)
-                t[:] = 0  # the criterion keeps its own copy of the targets
+                np.asarray(t)[:] = 0  # the criterion keeps its own copy of the targets
                 grad = criterion.backward(grad_output, out=buffer)
             else:
                 result = getattr(fx, api)(logits, t, reduction=reduction, grad_output=grad_output, out=buffer)
@@ -229,6 +229,45 @@ def test_fast_path_gives_the_general_paths_bits(rng, shape, dtype, reduction, gr
     assert_close(grad, expected, dtype)
 
 
+TARGET_LAYOUTS = {
+    "int8": lambda t: t.astype(np.int8),
+    "int16": lambda t: t.astype(np.int16),
+    "int32": lambda t: t.astype(np.int32),
+    "uint8": lambda t: t.astype(np.uint8),
+    "uint16": lambda t: t.astype(np.uint16),
+    "uint32": lambda t: t.astype(np.uint32),
+    "uint64": lambda t: t.astype(np.uint64),  # the general path, which checks values beyond int64
+    "big-endian-int32": lambda t: t.astype(">i4"),
+    "big-endian-int64": lambda t: t.astype(">i8"),
+    "strided-int64": lambda t: np.repeat(t, 2)[::2],
+    "reversed-int32": lambda t: t[::-1].astype(np.int32)[::-1],
+}
+
+
+@pytest.mark.parametrize("layout", TARGET_LAYOUTS)
+def test_targets_of_any_integer_dtype_and_layout_give_the_int64_bits(rng, layout):
+    from fastxent import _core
+
+    x = make_logits(rng, (57, 13), np.float32)
+    target = rng.integers(0, 13, 57)
+    other = TARGET_LAYOUTS[layout](target)
+    np.testing.assert_array_equal(other, target)
+    fast = _core.cross_entropy_fast_with(x, other, -100, 1, 1.0, True, True, None, None, None)
+    assert (fast is None) == (layout == "uint64")
+    for reduction in REDUCTIONS:
+        loss, grad = fx.cross_entropy_with_grad(x, other, reduction=reduction)
+        expected_loss, expected_grad = fx.cross_entropy_with_grad(x, target, reduction=reduction)
+        np.testing.assert_array_equal(loss, expected_loss)
+        np.testing.assert_array_equal(grad, expected_grad)
+        np.testing.assert_array_equal(
+            fx.cross_entropy(x, other, reduction=reduction), fx.cross_entropy(x, target, reduction=reduction)
+        )
+        np.testing.assert_array_equal(fx.cross_entropy_grad(x, other, reduction=reduction), expected_grad)
+        criterion = fx.CrossEntropyLoss(reduction=reduction)
+        np.testing.assert_array_equal(criterion(x, other), expected_loss)  # its statistics are the gradient's
+        np.testing.assert_array_equal(criterion.backward(), expected_grad)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_loss_class_after_a_fast_forward_takes_any_grad_output(rng, dtype):
     """A forward taken by the fast path, then a backward that is not (per-row or NumPy grad_output)."""
@@ -238,11 +277,12 @@ def test_loss_class_after_a_fast_forward_takes_any_grad_output(rng, dtype):
     per_row = rng.standard_normal(40)
     for grad_output in [per_row, np.float32(-2.5), np.array(0.5)]:
         grads = []
-        for t in (target, target.astype(np.int32)):
+        for t in (target, target.astype(np.int32), memoryview(target)):  # fast, fast with a copy, general
             criterion = fx.CrossEntropyLoss(reduction="none")
             criterion(x, t)
             grads.append(criterion.backward(grad_output))
         np.testing.assert_array_equal(grads[0], grads[1])
+        np.testing.assert_array_equal(grads[0], grads[2])
         expected = ref.cross_entropy_grad(upcast(x), target, reduction="none", grad_output=upcast(grad_output))
         assert_close(grads[0], expected, dtype)
 

@@ -166,16 +166,28 @@ py::tuple run_nll(const py::array& input, const ClassAxisView& view, const py::o
 
 }  // namespace
 
-// The common calls, on x a C-contiguous (N, C) float array and t a C-contiguous int64 (N,) array,
-// with every other option at its default, without the Python layer's normalisation. Each returns
-// None when the arguments are anything else (the Python layer then takes over, and raises any error).
-bool fast_arguments(const py::handle& input, const py::handle& target, int reduction) {
-    if (!py::isinstance<py::array>(input) || !py::isinstance<py::array>(target)) return false;
-    if (reduction < 0 || reduction > 2) return false;
+// The common calls, on x a C-contiguous (N, C) float array and t a 1-D integer array of N class
+// indices, with every other option at its default, without the Python layer's normalisation. Each
+// returns None when the arguments are anything else (the Python layer then takes over, and raises
+// any error).
+bool fast_logits(const py::handle& input, int reduction) {
+    if (!py::isinstance<py::array>(input) || reduction < 0 || reduction > 2) return false;
     const py::array x = py::reinterpret_borrow<py::array>(input);
+    return x.ndim() == 2 && (x.flags() & py::array::c_style);
+}
+
+// The class indices of a common call as a C-contiguous int64 array: `target` itself, or a copy of
+// any other 1-D array of N signed integers or unsigned ones of up to 32 bits, converted as the
+// Python layer would (uint64 is left to it, for its check of values beyond int64). None otherwise.
+py::object fast_targets(const py::handle& target, py::ssize_t rows) {
+    if (!py::isinstance<py::array>(target)) return py::none();
     const py::array t = py::reinterpret_borrow<py::array>(target);
-    if (x.ndim() != 2 || t.ndim() != 1 || t.shape(0) != x.shape(0)) return false;
-    return (x.flags() & py::array::c_style) && (t.flags() & py::array::c_style) && has_dtype<std::int64_t>(t);
+    if (t.ndim() != 1 || t.shape(0) != rows) return py::none();
+    if (has_dtype<std::int64_t>(t) && (t.flags() & py::array::c_style)) return t;
+    const py::dtype dtype = t.dtype();
+    if (!(dtype.kind() == 'i' || (dtype.kind() == 'u' && dtype.itemsize() <= 4))) return py::none();
+    py::object converted = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(t);
+    return converted ? converted : py::none();  // a failed conversion: the Python layer raises the error
 }
 
 // cross_entropy(x, t, reduction=...): the mean or the sum as a float, or the per-row losses as a new
@@ -203,9 +215,11 @@ py::object cross_entropy_fast_typed(const py::array& x, const py::array& t, std:
 
 py::object cross_entropy_fast(const py::handle& input, const py::handle& target, std::int64_t ignore_index,
                               int reduction) {
-    if (!fast_arguments(input, target, reduction)) return py::none();
+    if (!fast_logits(input, reduction)) return py::none();
     const py::array x = py::reinterpret_borrow<py::array>(input);
-    const py::array t = py::reinterpret_borrow<py::array>(target);
+    const py::object indices = fast_targets(target, x.shape(0));
+    if (indices.is_none()) return py::none();
+    const py::array t = py::reinterpret_borrow<py::array>(indices);
     const Reduction r = static_cast<Reduction>(reduction);
     const KernelTable& table = kernels();
     if (has_dtype<float>(x)) return cross_entropy_fast_typed<float>(x, t, ignore_index, r, table.cross_entropy_float);
@@ -214,33 +228,40 @@ py::object cross_entropy_fast(const py::handle& input, const py::handle& target,
 }
 
 // Whether `out` may take the gradient of x in the fast path: a writeable C-contiguous array of x's
-// dtype and shape that is either x's own elements (in place) or shares no memory with x or t. Any
-// other `out` is left to the Python layer, which raises the error.
+// dtype and shape that is either x's own elements (in place) or shares no memory with x or t (the
+// caller's targets, before any conversion). Any other `out` is left to the Python layer, which
+// raises the error.
 template <typename T>
 bool fast_out(const py::handle& out, const py::array& x, const py::array& t) {
     if (!py::isinstance<py::array_t<T>>(out)) return false;
     const py::array o = py::reinterpret_borrow<py::array>(out);
     if (o.ndim() != 2 || o.shape(0) != x.shape(0) || o.shape(1) != x.shape(1)) return false;
     if (!(o.flags() & py::array::c_style) || !o.writeable()) return false;
+    // Memory bounds as numpy.may_share_memory sees them (t may be strided, even backwards).
     const auto overlaps = [&o](const py::array& a) {
-        if (o.nbytes() == 0 || a.nbytes() == 0) return false;
-        const char* o_first = static_cast<const char*>(o.data());
+        if (o.nbytes() == 0 || a.size() == 0) return false;
         const char* a_first = static_cast<const char*>(a.data());
-        return o_first < a_first + a.nbytes() && a_first < o_first + o.nbytes();
+        const char* a_last = a_first + a.itemsize();
+        for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+            (a.strides(d) < 0 ? a_first : a_last) += a.strides(d) * (a.shape(d) - 1);
+        }
+        const char* o_first = static_cast<const char*>(o.data());
+        return o_first < a_last && a_first < o_first + o.nbytes();
     };
     const bool same_elements =
         o.data() == x.data() && o.strides(0) == x.strides(0) && o.strides(1) == x.strides(1);
     return !overlaps(t) && (same_elements || !overlaps(x));
 }
 
-// The other common calls, with the same arguments plus:
+// The other common calls, with the same arguments (t converted, `given` the caller's targets) plus:
 //   * with_loss: the loss as cross_entropy_fast returns it;
 //   * with_grad: the gradient (times grad_output), into `out` (see fast_out) or a new array like x;
 //   * save_stats / saved_stats: the rows' statistics (float64, 2 a row) saved for a later gradient,
 //     or read instead of recomputed (CrossEntropyLoss.forward and .backward).
 // Returns the loss, the gradient, or (loss, gradient) when both are asked for.
 template <typename T>
-py::object cross_entropy_fast_with_typed(const py::array& x, const py::array& t, std::int64_t ignore_index,
+py::object cross_entropy_fast_with_typed(const py::array& x, const py::array& t, const py::array& given,
+                                         std::int64_t ignore_index,
                                          Reduction reduction, double grad_output, bool with_loss, bool with_grad,
                                          const py::object& out, const py::object& save_stats,
                                          const py::object& saved_stats, void (*kernel)(const CrossEntropyProblem<T>&)) {
@@ -248,7 +269,7 @@ py::object cross_entropy_fast_with_typed(const py::array& x, const py::array& t,
     const std::int64_t classes = x.shape(1);
     const ClassAxisView view{rows, classes, 1, classes, 1};
     const py::object none = py::none();
-    if (with_grad && !out.is_none() && !fast_out<T>(out, x, t)) return none;
+    if (with_grad && !out.is_none() && !fast_out<T>(out, x, given)) return none;
     const py::object row_loss =
         with_loss && reduction == Reduction::none ? py::object(py::array_t<T>(static_cast<py::ssize_t>(rows))) : none;
     const py::object grad = !with_grad ? none : !out.is_none() ? out : py::object(new_result<T>({rows, classes}));
@@ -269,17 +290,20 @@ py::object cross_entropy_fast_with_typed(const py::array& x, const py::array& t,
 py::object cross_entropy_fast_with(const py::handle& input, const py::handle& target, std::int64_t ignore_index,
                                    int reduction, double grad_output, bool with_loss, bool with_grad,
                                    const py::object& out, const py::object& save_stats, const py::object& saved_stats) {
-    if (!fast_arguments(input, target, reduction) || !(with_loss || with_grad)) return py::none();
+    if (!fast_logits(input, reduction) || !(with_loss || with_grad)) return py::none();
     const py::array x = py::reinterpret_borrow<py::array>(input);
-    const py::array t = py::reinterpret_borrow<py::array>(target);
+    const py::object indices = fast_targets(target, x.shape(0));
+    if (indices.is_none()) return py::none();
+    const py::array t = py::reinterpret_borrow<py::array>(indices);
+    const py::array given = py::reinterpret_borrow<py::array>(target);
     const Reduction r = static_cast<Reduction>(reduction);
     const KernelTable& table = kernels();
     if (has_dtype<float>(x)) {
-        return cross_entropy_fast_with_typed<float>(x, t, ignore_index, r, grad_output, with_loss, with_grad, out,
+        return cross_entropy_fast_with_typed<float>(x, t, given, ignore_index, r, grad_output, with_loss, with_grad, out,
                                                     save_stats, saved_stats, table.cross_entropy_float);
     }
     if (has_dtype<double>(x)) {
-        return cross_entropy_fast_with_typed<double>(x, t, ignore_index, r, grad_output, with_loss, with_grad, out,
+        return cross_entropy_fast_with_typed<double>(x, t, given, ignore_index, r, grad_output, with_loss, with_grad, out,
                                                      save_stats, saved_stats, table.cross_entropy_double);
     }
     return py::none();

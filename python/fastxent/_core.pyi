@@ -31,7 +31,8 @@ def softmax(input: np.ndarray, view: View, op: int, out: np.ndarray, half: int =
 
 # register_loss.cpp. The common call's fast path (reduction: 0 none, 1 mean, 2 sum): the mean or the
 # sum as a float, the row losses as a new array ("none"), or None when the arguments need the Python
-# layer (anything but a C-contiguous (N, C) float32/float64 array and C-contiguous int64 (N,) targets).
+# layer (anything but a C-contiguous (N, C) float32/float64 array and (N,) targets of a signed integer
+# dtype or an unsigned one of up to 32 bits).
 def cross_entropy_fast(
     input: Any, target: Any, ignore_index: int, reduction: int
 ) -> Union[float, np.ndarray, None]: ...

@@ -86,7 +86,10 @@ class CrossEntropyLoss:
         """``forward`` for the common call (see ``cross_entropy``), taken by ``_core`` directly; None
         when the arrays need the general path."""
         rows, classes = input.shape
-        index = target.copy()  # as in the general path: a private copy of the class indices
+        kind, size = target.dtype.kind, target.dtype.itemsize
+        if not (kind == "i" or (kind == "u" and size <= 4)):
+            return None
+        index = target.astype(np.int64)  # as in the general path: a private int64 copy of the indices
         stats = np.zeros((rows, 2), np.float64)
         code = args.REDUCTIONS[self.reduction]
         loss = _core.cross_entropy_fast_with(input, index, self.ignore_index, code, 1.0, True, False, None, stats, None)
