@@ -190,6 +190,13 @@ py::object fast_targets(const py::handle& target, py::ssize_t rows) {
     return converted ? converted : py::none();  // a failed conversion: the Python layer raises the error
 }
 
+// The mean or the sum of a run_cross_entropy result (total, denominator), as a float. IEEE division:
+// an empty or fully ignored batch gives 0 / 0 = NaN, as PyTorch.
+inline py::float_ reduced_loss(const py::tuple& result, Reduction reduction) {
+    const double total = result[0].cast<double>();
+    return py::float_(reduction == Reduction::mean ? total / result[1].cast<double>() : total);
+}
+
 // cross_entropy(x, t, reduction=...): the mean or the sum as a float, or the per-row losses as a new
 // array of x's dtype ("none"). Kept apart from cross_entropy_fast_with: going through it, with its
 // options, made a 32 x 10 call 2-5% slower.
@@ -208,9 +215,7 @@ py::object cross_entropy_fast_typed(const py::array& x, const py::array& t, std:
     }
     const py::tuple result = run_cross_entropy<T>(x, -1, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, reduction,
                                                   1.0, none, none, none, none, none, true, kernel);
-    const double total = result[0].cast<double>();
-    // IEEE division: an empty or fully ignored batch gives 0 / 0 = NaN, as PyTorch.
-    return py::float_(reduction == Reduction::mean ? total / result[1].cast<double>() : total);
+    return reduced_loss(result, reduction);
 }
 
 py::object cross_entropy_fast(const py::handle& input, const py::handle& target, std::int64_t ignore_index,
@@ -277,11 +282,7 @@ py::object cross_entropy_fast_with_typed(const py::array& x, const py::array& t,
     const py::tuple result = run_cross_entropy<T>(x, -1, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, reduction,
                                                   grad_output, none, row_loss, grad, save_stats, saved_stats, want_sum,
                                                   kernel);
-    py::object loss = row_loss;
-    if (want_sum) {
-        const double total = result[0].cast<double>();
-        loss = py::float_(reduction == Reduction::mean ? total / result[1].cast<double>() : total);
-    }
+    const py::object loss = want_sum ? reduced_loss(result, reduction) : row_loss;
     if (!with_grad) return loss;
     if (!with_loss) return grad;
     return py::make_tuple(loss, grad);

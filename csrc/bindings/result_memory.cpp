@@ -26,6 +26,17 @@ struct Block {
 std::mutex kept_mutex;
 Block kept;
 
+// Makes `next` the kept block and frees the one kept before; returns its size (0 for none).
+std::size_t replace_kept(Block next) {
+    Block older;
+    {
+        const std::lock_guard<std::mutex> lock(kept_mutex);
+        older = std::exchange(kept, next);
+    }
+    std::free(older.data);
+    return older.bytes;
+}
+
 #if defined(__linux__)
 // madvise over the whole pages inside [data, data + bytes).
 void advise(void* data, std::size_t bytes, int advice) {
@@ -56,12 +67,7 @@ void keep_block(void* pointer) {
 #if defined(__linux__) && defined(MADV_FREE)
     advise(block->data, block->bytes, MADV_FREE);
 #endif
-    Block older;
-    {
-        const std::lock_guard<std::mutex> lock(kept_mutex);
-        older = std::exchange(kept, *block);
-    }
-    std::free(older.data);
+    replace_kept(*block);
     delete block;
 }
 
@@ -82,14 +88,6 @@ py::array new_result(const py::dtype& dtype, const std::vector<py::ssize_t>& sha
     return py::array(dtype, shape, block->data, owner);
 }
 
-std::size_t release_kept_memory() {
-    Block older;
-    {
-        const std::lock_guard<std::mutex> lock(kept_mutex);
-        older = std::exchange(kept, Block{});
-    }
-    std::free(older.data);
-    return older.bytes;
-}
+std::size_t release_kept_memory() { return replace_kept(Block{}); }
 
 }  // namespace fastxent::bindings
