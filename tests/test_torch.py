@@ -8,6 +8,8 @@ PyTorch, the difference is asserted here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -228,3 +230,64 @@ def test_integer_targets_torch_refuses(rng, target_dtype):
     np.testing.assert_allclose(
         fx.cross_entropy(x, target.astype(target_dtype), reduction="none"), expected, rtol=1e-12, atol=1e-12
     )
+
+
+# Shapes that take each of the kernels' strategies: transposed tiles of a few classes, rows, one
+# row's classes split across threads, and tiles along an inner axis.
+NON_FINITE_LAYOUTS = [
+    pytest.param(Layout((300, 5), None), id="300x5"),
+    pytest.param(Layout((6, 300), None), id="6x300"),
+    pytest.param(Layout((2, 300_000), None), id="2x300000"),
+    pytest.param(Layout((3, 4, 150), None), id="3x4x150"),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("grad_output", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param(Options(), id="plain"),
+        pytest.param(Options(weight=True, ignore_some_rows=True), id="weight-ignore"),
+        pytest.param(Options(label_smoothing=0.1), id="smoothing"),
+    ],
+)
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
+@pytest.mark.parametrize("layout", NON_FINITE_LAYOUTS)
+def test_non_finite_grad_output_gives_torchs_infinities_and_nans(
+    rng, layout, probabilities, options, reduction, grad_output, dtype
+):
+    """An infinite or NaN grad_output: where torch's gradient is inf, -inf or NaN, so is ours."""
+    if probabilities:
+        # ignore_index does not apply to probability targets: weights alone.
+        options = dataclasses.replace(options, ignore_some_rows=False)
+    x = make_logits(rng, layout.shape, dtype)
+    # A masked logit in the first row: p = 0 there, and 0 * inf is NaN in torch's gradient.
+    x.reshape(-1)[1] = -np.inf
+    target = make_probability_target(rng, layout, dtype) if probabilities else make_index_target(rng, layout, options)
+    kwargs = loss_kwargs(rng, layout, options, dtype)
+    if reduction == "none":
+        # Half the rows get the non-finite value, the others a plain one.
+        g = np.where(rng.random(layout.row_shape) < 0.5, grad_output, 1.5).astype(dtype)
+    else:
+        g = grad_output
+    expected = torch_ref.cross_entropy_with_grad(x, target, reduction=reduction, grad_output=g, **kwargs)[1]
+    # The finite elements against torch in float64 (torch's float32 rounds on 300000 classes).
+    wide = torch_ref.cross_entropy_with_grad(
+        upcast(x), upcast(target), reduction=reduction, grad_output=upcast(g), **upcast_kwargs(kwargs)
+    )[1]
+    got = [
+        fx.cross_entropy_with_grad(x, target, reduction=reduction, grad_output=g, **kwargs)[1],
+        fx.cross_entropy_grad(x, target, reduction=reduction, grad_output=g, **kwargs),
+    ]
+    weight = kwargs.pop("weight")
+    criterion = fx.CrossEntropyLoss(weight, reduction=reduction, **kwargs)
+    criterion(x, target)
+    got.append(criterion.backward(g))
+    for grad in got:
+        np.testing.assert_array_equal(np.isnan(grad), np.isnan(expected))
+        np.testing.assert_array_equal(np.isposinf(grad), np.isposinf(expected))
+        np.testing.assert_array_equal(np.isneginf(grad), np.isneginf(expected))
+        finite = np.isfinite(expected)
+        np.testing.assert_allclose(grad[finite], wide[finite], **tolerance(dtype))

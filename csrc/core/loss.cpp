@@ -83,11 +83,13 @@ struct LossContext {
     }
     double grad_b() const { return smoothing / static_cast<double>(classes); }
     double grad_b_weighted(std::int64_t c) const { return smoothing > 0.0 ? grad_b() * class_weight(c) : 0.0; }
-    // The target's own gradient, in double: it cancels (p_t close to 1), so it is not left to the vector loop.
+    // The target's own gradient, in double: it cancels (p_t close to 1), so it is not left to the vector
+    // loop. Scaled term by term (see the Note on a non-finite scale in row_engine.h): an infinite scale
+    // gives NaN here, as in PyTorch.
     double target_grad(const RowStats& stats, double target_logit, std::int64_t t, double scale) const {
         const double weight_t = class_weight(t);
         const double p_t = exp_double((target_logit - stats.max) - stats.log_sum);
-        return (p_t * grad_a(weight_t, stats) - grad_b_weighted(t) - (1.0 - smoothing) * weight_t) * scale;
+        return p_t * grad_a(weight_t, stats) * scale - (grad_b_weighted(t) + (1.0 - smoothing) * weight_t) * scale;
     }
 };
 
@@ -300,8 +302,14 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
         for (std::int64_t c = 0; c < classes; ++c) {
             T* out_row = grad + c * grad_stride;
             if (index_targets) {
+                // Without smoothing b_w is 0 and is left out: 0 times an infinite scale would be NaN
+                // (see the Note on a non-finite scale in row_engine.h).
                 const T b_w = static_cast<T>(ctx.grad_b_weighted(c));
-                for (std::int64_t l = 0; l < lanes; ++l) out_row[l] = e(c, l) * coefficient[l] - b_w * lane_scale[l];
+                if (smoothing == 0.0) {
+                    for (std::int64_t l = 0; l < lanes; ++l) out_row[l] = e(c, l) * coefficient[l];
+                } else {
+                    for (std::int64_t l = 0; l < lanes; ++l) out_row[l] = e(c, l) * coefficient[l] - b_w * lane_scale[l];
+                }
             } else {
                 const T* target = y + c * y_stride;
                 const T w = p.weight == nullptr ? T(1) : p.weight[c];
@@ -325,7 +333,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
         for (std::int64_t l = 0; l < lanes; ++l) {
             const double p_t = exp_double((target_logit[l] - static_cast<double>(tile.max[l])) - tile.log_sum[l]);
             const double b_t = b == 0.0 ? 0.0 : b * weight_t[l];
-            target_grad[l] = (p_t * a[l] - b_t - (1.0 - smoothing) * weight_t[l]) * scale[l];
+            target_grad[l] = p_t * a[l] * scale[l] - (b_t + (1.0 - smoothing) * weight_t[l]) * scale[l];
         }
         for (std::int64_t l = 0; l < lanes; ++l) {
             if (kept[l] != 0.0) {

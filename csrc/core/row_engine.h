@@ -368,18 +368,26 @@ void scale_softmax(T* out, std::int64_t n, const RowStats& stats) {
     for (std::int64_t i = 0; i < n; ++i) out[i] *= inverse;
 }
 
+// Note: a non-finite scale. Each gradient here is written as p * (a * scale) - u * scale, the scale
+// applied to each term before they are subtracted, as PyTorch's autograd does (the gradient of the
+// log-softmax, scaled, minus p times its sum). With an infinite grad_output the two terms are then
+// infinities that give NaN where PyTorch's do, and p = 0 or u = 0 times infinity gives NaN where
+// PyTorch's 0 * inf does, instead of one infinity per element. With a finite scale the two forms
+// differ only in rounding. The target's own term is LossContext::target_grad's (loss.cpp).
+
 // grad_i = scale * (p_i * a - b * w_i): the index-target gradient without its target term, with
-// p_i = e(i) / sum, e(i) = exp(x_i - max) (computed here, or already in grad: scale_index_grad).
+// p_i = e(i) / sum, e(i) = exp(x_i - max) (computed here, or already in grad: scale_index_grad). See
+// the Note on a non-finite scale.
 template <typename T, typename Exp>
 void index_grad_from(Exp e, const T* weight, T* grad, std::int64_t n, const RowStats& stats, T a, T b, T scale) {
-    const T inverse = inverse_sum<T>(stats);
+    const T coefficient = a * inverse_sum<T>(stats) * scale;
+    const T b_scale = b * scale;
     if (b == T(0)) {
-        const T coefficient = a * inverse * scale;
         for (std::int64_t i = 0; i < n; ++i) grad[i] = e(i) * coefficient;
     } else if (weight == nullptr) {
-        for (std::int64_t i = 0; i < n; ++i) grad[i] = (e(i) * inverse * a - b) * scale;
+        for (std::int64_t i = 0; i < n; ++i) grad[i] = e(i) * coefficient - b_scale;
     } else {
-        for (std::int64_t i = 0; i < n; ++i) grad[i] = (e(i) * inverse * a - b * weight[i]) * scale;
+        for (std::int64_t i = 0; i < n; ++i) grad[i] = e(i) * coefficient - weight[i] * b_scale;
     }
 }
 
@@ -409,15 +417,14 @@ void scale_index_grad(const T* weight, T* grad, std::int64_t n, const RowStats& 
     index_grad_from([grad](std::int64_t i) { return grad[i]; }, weight, grad, n, stats, a, b, scale);
 }
 
-// grad_i = scale * (p_i * U - u_i): the probability-target gradient.
+// grad_i = scale * (p_i * U - u_i): the probability-target gradient (see the Note on a non-finite
+// scale).
 template <typename T>
 void write_probability_grad(const T* x, const T* y, const ProbabilityWeights<T>& u, T* grad,
                             std::int64_t n, const RowStats& stats, T total, T scale) {
     const T max = static_cast<T>(stats.max);
-    const T inverse = inverse_sum<T>(stats);
-    for (std::int64_t i = 0; i < n; ++i) {
-        grad[i] = (fast_exp(x[i] - max) * inverse * total - u.at(y, i)) * scale;
-    }
+    const T coefficient = total * inverse_sum<T>(stats) * scale;
+    for (std::int64_t i = 0; i < n; ++i) grad[i] = fast_exp(x[i] - max) * coefficient - u.at(y, i) * scale;
 }
 
 // ---------------------------------------------------------------------------------------------------
