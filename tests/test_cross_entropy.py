@@ -318,3 +318,44 @@ def test_zero_weight_class_rows_count_for_nothing(rng):
     got = fx.cross_entropy(x, target, w, reduction="none")
     assert np.all(got[[1, 4]] == 0)
     np.testing.assert_allclose(fx.cross_entropy(x, target, w), got.sum() / 6.0, rtol=1e-12)
+
+
+def two_class_logits(rng, rows, dtype):
+    """Logits of two classes with special rows: infinities, NaN, masks, huge values, ties."""
+    x = make_logits(rng, (rows, 2), dtype)
+    special = [np.inf, -np.inf, np.nan, 1e30, -1e30, 0.0]
+    for row in rng.choice(rows, size=rows // 10, replace=False):
+        x[row, rng.integers(0, 2)] = rng.choice(special)
+    x[rows // 2] = x[rows // 2, 0]  # a tie
+    return x
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ignore_index", [-100, 0, 1])
+@pytest.mark.parametrize("rows", [1, 7, 128, 1000])
+def test_two_contiguous_classes_give_the_general_tiles_bits(rng, rows, ignore_index, reduction, dtype):
+    """Two contiguous classes take a loop of their own; a strided view of the same logits takes the
+    general tiles. The same results to the last bit (NaN's sign aside), and the reference's values."""
+    x = two_class_logits(rng, rows, dtype)
+    target = rng.integers(0, 2, rows)
+    target[rng.random(rows) < 0.2] = ignore_index
+    padded = np.zeros((rows, 3), dtype)
+    padded[:, :2] = x
+    strided = padded[:, :2]
+    got = fx.cross_entropy(x, target, reduction=reduction, ignore_index=ignore_index)
+    general = fx.cross_entropy(strided, target, reduction=reduction, ignore_index=ignore_index)
+    np.testing.assert_array_equal(got, general)
+    finite_rows = np.isfinite(x).all(axis=1) & (np.abs(x) < 1e29).all(axis=1)
+    check_loss(x[finite_rows], target[finite_rows], reduction, int(finite_rows.sum()), ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("bad", [2, -1, 2**32, 2**32 + 1, -(2**32), -100 + 2**32])
+def test_two_contiguous_classes_refuse_targets_whose_low_bits_look_valid(rng, bad):
+    """The two-class loop compares the low 32 bits of a target; the check still sees all 64."""
+    x = make_logits(rng, (300, 2), np.float32)
+    target = rng.integers(0, 2, 300)
+    target[201] = bad
+    for reduction in REDUCTIONS:
+        with pytest.raises(IndexError, match=rf"(?<![\d]){bad}(?![\d])"):
+            fx.cross_entropy(x, target, reduction=reduction)

@@ -583,11 +583,9 @@ void tile_stats(const T* x, std::int64_t stride, std::int64_t classes, std::int6
 // result NaN, as its log would have.
 constexpr std::int64_t kMaxProductClasses = std::int64_t{1} << 24;
 
-inline double kept_log_sum(const double* sum, const double* kept, std::int64_t lanes) {
+// sum_l log(factor[l]), as logs of products (factor 1 for a row left out).
+inline double log_of_products(const double* factor, std::int64_t lanes) {
     constexpr int L = kAccumulators<double>;
-    // The factors first: a select inside the products' loop becomes a branch per lane.
-    double factor[kTileLanes];
-    for (std::int64_t l = 0; l < lanes; ++l) factor[l] = kept[l] != 0.0 ? sum[l] : 1.0;
     double product[L];
     for (int j = 0; j < L; ++j) product[j] = 1.0;
     std::int64_t i = 0;
@@ -598,6 +596,13 @@ inline double kept_log_sum(const double* sum, const double* kept, std::int64_t l
     double logs[L];
     for (int j = 0; j < L; ++j) logs[j] = log_double(product[j]);
     return fold_sum(logs);
+}
+
+inline double kept_log_sum(const double* sum, const double* kept, std::int64_t lanes) {
+    // The factors first: a select inside the products' loop becomes a branch per lane.
+    double factor[kTileLanes];
+    for (std::int64_t l = 0; l < lanes; ++l) factor[l] = kept[l] != 0.0 ? sum[l] : 1.0;
+    return log_of_products(factor, lanes);
 }
 
 template <typename T>
