@@ -424,12 +424,13 @@ double binary_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int6
         const T second = x[2 * l + 1];
         const T max = second > first ? second : first;
         const T d = (first - max) + (second - max);
+        // exp(d) as loss_tile's term exp_in_sum(other, max): the shift max * 0 is 0, or NaN (no
+        // clamp) for an infinite max, as there.
         const T sum = T(1) + exp_in_sum(d, max * T(0));
-        // The rest in double, where the targets' 64-bit lanes are the values' lanes, each select on
-        // values already computed (selects between computations, or in float lanes, became masked
-        // stores behind branches). The logit of any target but 1 is the first: an ignored row's is
-        // unused, and an invalid target fails the call (loss_tile reads 0 there; either way nothing
-        // is read out of the row).
+        // The rest in double, each select between values already computed (selects between
+        // computations became masked stores behind branches). The logit of any target but 1 is the
+        // first: an ignored row's is unused, and an invalid target fails the call (loss_tile reads 0
+        // there; either way nothing is read outside the row).
         const std::int32_t t = static_cast<std::int32_t>(targets[l]);
         const double logit = t == 1 ? static_cast<double>(second) : static_cast<double>(first);
         const double shift = logit - static_cast<double>(max);
