@@ -87,6 +87,43 @@ void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t cl
     }
 }
 
+// Note: log_softmax of two classes. Rows of two contiguous classes, read in place: the max, one
+// exponential and the log per row in one pass, and the outputs interleaved in a second (so that the
+// output may be the input), instead of softmax_tile's transposes and passes over its tile arrays
+// (see the Note on two classes in loss.cpp, whose reasoning and exponential this shares). The same
+// operations in the same order as softmax_tile's on transposed rows, so the same bits (a row with a
+// NaN is NaN either way).
+template <typename T>
+bool binary_log_softmax(const SoftmaxProblem<T>& problem) {
+    return problem.op == SoftmaxOp::log_softmax && problem.view.classes == 2 && problem.view.inner == 1 &&
+           problem.view.outer_stride == 2 && problem.input_half == nullptr && problem.output_half == nullptr;
+}
+
+template <typename T>
+void binary_log_softmax_tile(const T* x, std::int64_t lanes, T* out) {
+    T out0[kTileLanes];
+    T out1[kTileLanes];
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        const T first = x[2 * l];
+        const T second = x[2 * l + 1];
+        const T max = second > first ? second : first;
+        const T d = (first - max) + (second - max);
+        const T sum = T(1) + exp_in_sum(d, max * T(0));
+        T log_sum;
+        if constexpr (std::is_same_v<T, float>) {
+            log_sum = log_float(sum);
+        } else {
+            log_sum = static_cast<T>(log_double(static_cast<double>(sum)));
+        }
+        out0[l] = (first - max) - log_sum;
+        out1[l] = (second - max) - log_sum;
+    }
+    for (std::int64_t l = 0; l < lanes; ++l) {
+        out[2 * l] = out0[l];
+        out[2 * l + 1] = out1[l];
+    }
+}
+
 // Rows cut into chunks (kernels.h, kSplitClasses): the chunks' maxima and sums, then the outputs, each
 // run over every chunk of every row in parallel; the chunks' maxima and sums are combined per row in
 // chunk order. A staged call reads each chunk into its thread's buffer in each phase.
@@ -210,6 +247,7 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
     }
     const int threads = staged_threads(plan.items, view.size(), staged, problem.staging_threads);
     const std::int64_t per_thread = staged ? staging_size(view, false) : 0;
+    const bool binary = binary_log_softmax(problem);
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (std::int64_t item = 0; item < plan.items; ++item) {
@@ -231,6 +269,8 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
                              : problem.output + outer * classes * view.inner + lane0;
             softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner, false,
                          next_tile(problem.input, plan, view, item));
+        } else if (binary) {
+            binary_log_softmax_tile(problem.input + range.first * 2, range.lanes, problem.output + range.first * 2);
         } else {
             const std::int64_t first = range.first;
             const std::int64_t lanes = range.lanes;
