@@ -416,7 +416,7 @@ double binary_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int6
     // invalid, found by the check).
     const bool keep_class0 = ignore_index != 0;
     const bool keep_class1 = ignore_index != 1;
-    T* row_losses = p.row_loss + row0;
+    T* row_losses = kRowLosses ? p.row_loss + row0 : nullptr;
     double factor[kTileLanes];  // the sum of exponentials, or 1 for an ignored row (without kRowLosses)
     double loss[kTileLanes];    // without kRowLosses, without the log of the sum
     for (std::int64_t l = 0; l < lanes; ++l) {
