@@ -399,23 +399,35 @@ bool binary_rows(const LossContext<T>& ctx) {
            p.z_loss == 0.0 && p.grad_half == nullptr && p.save_stats == nullptr && p.saved_stats == nullptr;
 }
 
+// Which target values keep a row of a two-class tile. A row is kept when its target is 0 or 1 and
+// not ignore_index: any other target is either ignore_index or invalid, and an invalid one fails the
+// call. So the tiles compare only the low 32 bits of a target (SSE2 has no 64-bit compare; a target
+// whose low bits alone say 0 or 1 is invalid, found by the check).
+struct BinaryTargets {
+    bool class0;  // a target of 0 keeps its row
+    bool class1;
+};
+
+// The tile's targets checked into `check` (as loss_tile's, when not null), and which values keep a row.
+template <typename T>
+BinaryTargets binary_targets(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int64_t lanes,
+                             TargetCheck* check) {
+    if (check != nullptr) {
+        *check = check_target_block(p.target_index + row0, lanes, 2, p.ignore_index);
+        if (check->first_invalid >= 0) check->first_invalid += row0;
+    }
+    return BinaryTargets{p.ignore_index != 0, p.ignore_index != 1};
+}
+
 // Rows row0 .. row0 + lanes - 1 (lanes <= kTileLanes) of a binary_rows problem: the sum of their
 // losses, and with kRowLosses the row losses themselves; `check` as loss_tile's.
 template <typename T, bool kRowLosses>
 double binary_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int64_t lanes, TargetCheck* check) {
     const T* x = p.input + row0 * 2;
+    const BinaryTargets kept_classes = binary_targets(p, row0, lanes, check);
     const std::int64_t* targets = p.target_index + row0;
-    const std::int64_t ignore_index = p.ignore_index;
-    if (check != nullptr) {
-        *check = check_target_block(targets, lanes, 2, ignore_index);
-        if (check->first_invalid >= 0) check->first_invalid += row0;
-    }
-    // A row is kept when its target is 0 or 1 and not ignore_index: any other target is either
-    // ignore_index or invalid, and an invalid one fails the call. So only the low 32 bits of a
-    // target are compared (SSE2 has no 64-bit compare; a target whose low bits alone say 0 or 1 is
-    // invalid, found by the check).
-    const bool keep_class0 = ignore_index != 0;
-    const bool keep_class1 = ignore_index != 1;
+    const bool keep_class0 = kept_classes.class0;
+    const bool keep_class1 = kept_classes.class1;
     T* row_losses = kRowLosses ? p.row_loss + row0 : nullptr;
     double factor[kTileLanes];  // the sum of exponentials, or 1 for an ignored row (without kRowLosses)
     double loss[kTileLanes];    // without kRowLosses, without the log of the sum
@@ -423,10 +435,7 @@ double binary_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int6
         const T first = x[2 * l];
         const T second = x[2 * l + 1];
         const T max = second > first ? second : first;
-        const T d = (first - max) + (second - max);
-        // exp(d) as loss_tile's term exp_in_sum(other, max): the shift max * 0 is 0, or NaN (no
-        // clamp) for an infinite max, as there.
-        const T sum = T(1) + exp_in_sum(d, max * T(0));
+        const T sum = two_class_sum(first, second, max);
         // The rest in double, each select between values already computed (selects between
         // computations became masked stores behind branches). The logit of any target but 1 is the
         // first: an ignored row's is unused, and an invalid target fails the call (loss_tile reads 0
@@ -459,15 +468,10 @@ double binary_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int6
 template <typename T>
 double binary_grad_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int64_t lanes, TargetCheck* check) {
     const T* x = p.input + row0 * 2;
+    const BinaryTargets kept_classes = binary_targets(p, row0, lanes, check);
     const std::int64_t* targets = p.target_index + row0;
-    const std::int64_t ignore_index = p.ignore_index;
-    if (check != nullptr) {
-        *check = check_target_block(targets, lanes, 2, ignore_index);
-        if (check->first_invalid >= 0) check->first_invalid += row0;
-    }
-    // See binary_tile on the targets' low 32 bits.
-    const bool keep_class0 = ignore_index != 0;
-    const bool keep_class1 = ignore_index != 1;
+    const bool keep_class0 = kept_classes.class0;
+    const bool keep_class1 = kept_classes.class1;
     double scale[kTileLanes];
     if (p.grad_rows == nullptr) {
         for (std::int64_t l = 0; l < lanes; ++l) scale[l] = p.grad_scale;

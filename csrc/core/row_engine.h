@@ -605,6 +605,17 @@ inline double kept_log_sum(const double* sum, const double* kept, std::int64_t l
     return log_of_products(factor, lanes);
 }
 
+// A two-class row's sum of exponentials against its max, the larger of the two (see the Note on two
+// classes in loss.cpp): the max's own term is exactly 1, so the sum is 1 + exp(d) with
+// d = (first - max) + (second - max), the other logit minus the max, taken as the tiles' term
+// exp_in_sum(other, max) (its shift max * 0 is 0, or NaN, with no clamp, for an infinite max).
+// Forced inline: called out of line, it left the loops of the two-class tiles scalar.
+template <typename T>
+FASTXENT_MATH T two_class_sum(T first, T second, T max) {
+    const T d = (first - max) + (second - max);
+    return T(1) + exp_in_sum(d, max * T(0));
+}
+
 template <typename T>
 void load_tile_stats(const RowStats* saved, std::int64_t lanes, TileStats<T>& tile) {
     for (std::int64_t l = 0; l < lanes; ++l) {

@@ -107,8 +107,7 @@ void binary_log_softmax_tile(const T* x, std::int64_t lanes, T* out) {
         const T first = x[2 * l];
         const T second = x[2 * l + 1];
         const T max = second > first ? second : first;
-        const T d = (first - max) + (second - max);
-        const T sum = T(1) + exp_in_sum(d, max * T(0));
+        const T sum = two_class_sum(first, second, max);
         T log_sum;
         if constexpr (std::is_same_v<T, float>) {
             log_sum = log_float(sum);
