@@ -166,6 +166,16 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
     return loss;
 }
 
+// scale[l] = the gradient's scale of row row0 + l (CrossEntropyProblem::grad_scale and grad_rows).
+template <typename T>
+void tile_scales(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int64_t lanes, double* scale) {
+    if (p.grad_rows == nullptr) {
+        for (std::int64_t l = 0; l < lanes; ++l) scale[l] = p.grad_scale;
+    } else {
+        for (std::int64_t l = 0; l < lanes; ++l) scale[l] = p.grad_scale * static_cast<double>(p.grad_rows[row0 + l]);
+    }
+}
+
 // What the target's own gradient of each lane of a tile is made from (see LossContext::target_grad).
 template <typename T>
 struct TargetGradLanes {
@@ -241,11 +251,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     double a[kTileLanes];      // the gradient's p_j coefficient
     const bool index_targets = p.target_index != nullptr;
     const double smoothing = ctx.smoothing;
-    if (p.grad_rows == nullptr) {
-        for (std::int64_t l = 0; l < lanes; ++l) scale[l] = p.grad_scale;
-    } else {
-        for (std::int64_t l = 0; l < lanes; ++l) scale[l] = p.grad_scale * static_cast<double>(p.grad_rows[row0 + l]);
-    }
+    tile_scales(p, row0, lanes, scale);
 
     double target_logit[kTileLanes];
     double weight_t[kTileLanes];
@@ -406,6 +412,8 @@ bool binary_rows(const LossContext<T>& ctx) {
 struct BinaryTargets {
     bool class0;  // a target of 0 keeps its row
     bool class1;
+    // Whether a row with target t (its low 32 bits) is kept.
+    FASTXENT_MATH bool keeps(std::int32_t t) const { return ((t == 0) & class0) | ((t == 1) & class1); }
 };
 
 // The tile's targets checked into `check` (as loss_tile's, when not null), and which values keep a row.
@@ -426,8 +434,6 @@ double binary_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int6
     const T* x = p.input + row0 * 2;
     const BinaryTargets kept_classes = binary_targets(p, row0, lanes, check);
     const std::int64_t* targets = p.target_index + row0;
-    const bool keep_class0 = kept_classes.class0;
-    const bool keep_class1 = kept_classes.class1;
     T* row_losses = kRowLosses ? p.row_loss + row0 : nullptr;
     double factor[kTileLanes];  // the sum of exponentials, or 1 for an ignored row (without kRowLosses)
     double loss[kTileLanes];    // without kRowLosses, without the log of the sum
@@ -444,7 +450,7 @@ double binary_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int6
         const double logit = t == 1 ? static_cast<double>(second) : static_cast<double>(first);
         const double shift = logit - static_cast<double>(max);
         const double sum_wide = static_cast<double>(sum);
-        const bool keep = ((t == 0) & keep_class0) | ((t == 1) & keep_class1);
+        const bool keep = kept_classes.keeps(t);
         if constexpr (kRowLosses) {
             const double row_loss = -(shift - log_double(sum_wide));
             loss[l] = keep ? row_loss : 0.0;
@@ -470,14 +476,8 @@ double binary_grad_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std:
     const T* x = p.input + row0 * 2;
     const BinaryTargets kept_classes = binary_targets(p, row0, lanes, check);
     const std::int64_t* targets = p.target_index + row0;
-    const bool keep_class0 = kept_classes.class0;
-    const bool keep_class1 = kept_classes.class1;
     double scale[kTileLanes];
-    if (p.grad_rows == nullptr) {
-        for (std::int64_t l = 0; l < lanes; ++l) scale[l] = p.grad_scale;
-    } else {
-        for (std::int64_t l = 0; l < lanes; ++l) scale[l] = p.grad_scale * static_cast<double>(p.grad_rows[row0 + l]);
-    }
+    tile_scales(p, row0, lanes, scale);
     // In passes, each short (see the Note on two classes): one pass of the log and both exponentials
     // took 1.7 times as long on 4096 x 2 logits.
     T max[kTileLanes];
@@ -498,7 +498,7 @@ double binary_grad_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std:
         row_sum += term0;
         row_sum += term1;
         const std::int32_t t = static_cast<std::int32_t>(targets[l]);
-        const bool keep = ((t == 0) & keep_class0) | ((t == 1) & keep_class1);
+        const bool keep = kept_classes.keeps(t);
         max[l] = row_max;
         grad0[l] = term0;
         grad1[l] = term1;
