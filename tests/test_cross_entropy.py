@@ -359,3 +359,27 @@ def test_two_contiguous_classes_refuse_targets_whose_low_bits_look_valid(rng, ba
     for reduction in REDUCTIONS:
         with pytest.raises(IndexError, match=rf"(?<![\d]){bad}(?![\d])"):
             fx.cross_entropy(x, target, reduction=reduction)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ignore_index", [-100, 0])
+@pytest.mark.parametrize("classes", [3, 4, 10, 21, 32])
+@pytest.mark.parametrize("rows", [1, 31, 33, 128, 300])
+def test_rows_of_few_classes_give_the_bits_of_an_inner_class_axis(rng, rows, classes, ignore_index, reduction, dtype):
+    """Rows of few classes are transposed into tiles whose max and target logits come from one pass
+    of register blocks; the same logits with the class axis before an inner axis are read in place,
+    with a pass each. The same results to the last bit (NaN's sign aside), and the reference's
+    values on the finite rows."""
+    x = make_logits(rng, (rows, classes), dtype)
+    special = [np.inf, -np.inf, np.nan, 1e30, -1e30]
+    for row in rng.choice(rows, size=rows // 8, replace=False):
+        x[row, rng.integers(0, classes)] = rng.choice(special)
+    target = rng.integers(0, classes, rows)
+    target[rng.random(rows) < 0.2] = ignore_index
+    inner = np.ascontiguousarray(x.T)[None]  # (1, C, N): the class axis 1, N along the inner axis
+    got = fx.cross_entropy(x, target, reduction=reduction, ignore_index=ignore_index)
+    columns = fx.cross_entropy(inner, target[None], axis=1, reduction=reduction, ignore_index=ignore_index)
+    np.testing.assert_array_equal(got, columns.reshape(np.shape(got)))
+    finite_rows = (np.abs(x) < 1e29).all(axis=1)
+    check_loss(x[finite_rows], target[finite_rows], reduction, int(finite_rows.sum()), ignore_index=ignore_index)

@@ -237,8 +237,13 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     const bool stats_here = p.saved_stats == nullptr;
     const bool transposed = p.view.inner == 1;
     const bool exps_in_grad = stats_here && grad != nullptr && transposed;
+    // The max and the target logits in one pass, for a tile of few classes in a buffer of its own.
+    const bool max_with_targets =
+        stats_here && p.target_index != nullptr && classes <= kSmallClasses && stride == kTileLanes;
     TileStats<T> tile;
-    if (stats_here) {
+    if (max_with_targets) {
+        // Below, with the targets.
+    } else if (stats_here) {
         tile_max(x, stride, classes, lanes, tile.max);
     } else {
         load_tile_stats(p.saved_stats + row0, lanes, tile);
@@ -266,7 +271,11 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             *check = check_target_block(targets, lanes, classes, p.ignore_index);
             if (check->first_invalid >= 0) check->first_invalid += row0;
         }
-        tile_target_logits(x, stride, classes, lanes, target_class, target_logit);
+        if (max_with_targets) {
+            tile_max_and_target_logits(x, classes, lanes, target_class, tile.max, target_logit);
+        } else {
+            tile_target_logits(x, stride, classes, lanes, target_class, target_logit);
+        }
         const T* weight = p.weight;
         for (std::int64_t l = 0; l < lanes; ++l) {
             const std::int64_t t = target_class[l];

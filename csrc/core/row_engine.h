@@ -539,14 +539,46 @@ void tile_sum_exp(const T* x, std::int64_t stride, std::int64_t classes, std::in
     }
 }
 
-// Per-lane max.
-template <typename T>
-void tile_max(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, T* max) {
-    for (std::int64_t l = 0; l < lanes; ++l) max[l] = negative_infinity<T>();
+// Note: register blocks of a tile's max. The per-lane passes that need no exponential (the max, and
+// with it the target logit of index targets) go kMaxAccumulators<T> lanes at a time, their running
+// values held in registers across the classes, as the sums do: one load and one max per class and
+// vector, instead of a load and a store of the running max as well when every class sweeps all the
+// lanes. Each lane's max is the same as the sweep's (the same comparisons in the same order).
+// The loops over a block's lanes are marked `omp simd` (honoured without the OpenMP runtime, by
+// -fopenmp-simd): left to GCC's straight-line vectoriser, the selects of the max stayed scalar with
+// SSE2 and for doubles.
+template <typename T, int B>
+void tile_max_lanes(const T* x, std::int64_t stride, std::int64_t classes, T* max) {
+    T m[B];
+#pragma omp simd
+    for (int j = 0; j < B; ++j) m[j] = negative_infinity<T>();
     for (std::int64_t c = 0; c < classes; ++c) {
         const T* row = x + c * stride;
-        for (std::int64_t l = 0; l < lanes; ++l) max[l] = row[l] > max[l] ? row[l] : max[l];
+#pragma omp simd
+        for (int j = 0; j < B; ++j) m[j] = row[j] > m[j] ? row[j] : m[j];
     }
+#pragma omp simd
+    for (int j = 0; j < B; ++j) max[j] = m[j];
+}
+
+// Per-lane max. In register blocks (see the Note above) for a tile in a buffer of its own (classes
+// kTileLanes apart: transposed rows, or a staged tile), which is in cache. A tile read in place along
+// an inner axis comes from memory, each class a whole inner extent apart: there the sweep of each
+// class's lanes in turn, which reads memory in runs of kTileLanes elements, measured 4-7% faster.
+template <typename T>
+void tile_max(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, T* max) {
+    if (stride != kTileLanes) {
+        for (std::int64_t l = 0; l < lanes; ++l) max[l] = negative_infinity<T>();
+        for (std::int64_t c = 0; c < classes; ++c) {
+            const T* row = x + c * stride;
+            for (std::int64_t l = 0; l < lanes; ++l) max[l] = row[l] > max[l] ? row[l] : max[l];
+        }
+        return;
+    }
+    constexpr int B = kMaxAccumulators<T>;
+    std::int64_t l = 0;
+    for (; l + B <= lanes; l += B) tile_max_lanes<T, B>(x + l, stride, classes, max + l);
+    for (; l < lanes; ++l) tile_max_lanes<T, 1>(x + l, stride, classes, max + l);
 }
 
 // Per-lane sum of exponentials against tile.max, with the given terms (see tile_sum_exp), and its log
@@ -711,6 +743,51 @@ void tile_target_logits(const T* x, std::int64_t stride, std::int64_t classes, s
         }
     }
     for (std::int64_t l = 0; l < lanes; ++l) target_logit[l] = static_cast<double>(logit[l]);
+}
+
+// Per lane of a tile in a buffer of its own (classes kTileLanes apart) of at most kSmallClasses
+// classes, in one pass of register blocks (see the Note on register blocks of a tile's max): the max,
+// as tile_max, and the target logit, as tile_target_logits (target_class[l], or -1 for none).
+template <typename T, int B>
+void tile_max_target_lanes(const T* x, std::int64_t classes, const std::int32_t* target_class, T* max,
+                           T* logit) {
+    T m[B];
+    T t[B];
+    std::int32_t k[B];
+#pragma omp simd
+    for (int j = 0; j < B; ++j) {
+        m[j] = negative_infinity<T>();
+        t[j] = T(0);
+        k[j] = target_class[j];
+    }
+    for (std::int64_t c = 0; c < classes; ++c) {
+        const T* row = x + c * kTileLanes;
+        const std::int32_t cls = static_cast<std::int32_t>(c);
+#pragma omp simd
+        for (int j = 0; j < B; ++j) {
+            const T value = row[j];
+            m[j] = value > m[j] ? value : m[j];
+            t[j] = k[j] == cls ? value : t[j];
+        }
+    }
+#pragma omp simd
+    for (int j = 0; j < B; ++j) {
+        max[j] = m[j];
+        logit[j] = t[j];
+    }
+}
+
+template <typename T>
+void tile_max_and_target_logits(const T* x, std::int64_t classes, std::int64_t lanes,
+                                const std::int64_t* target_class, T* max, double* target_logit) {
+    constexpr int B = kMaxAccumulators<T>;
+    std::int32_t small_class[kTileLanes];
+    T logit[kTileLanes];
+    for (std::int64_t l = 0; l < lanes; ++l) small_class[l] = static_cast<std::int32_t>(target_class[l]);
+    std::int64_t l = 0;
+    for (; l + B <= lanes; l += B) tile_max_target_lanes<T, B>(x + l, classes, small_class + l, max + l, logit + l);
+    for (; l < lanes; ++l) tile_max_target_lanes<T, 1>(x + l, classes, small_class + l, max + l, logit + l);
+    for (l = 0; l < lanes; ++l) target_logit[l] = static_cast<double>(logit[l]);
 }
 
 // Per lane: sum_c w_c * (x_c - max) in double.
