@@ -252,11 +252,8 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     double dot[kTileLanes];    // S (smoothing) or sum_c u_c (x_c - max) (probability targets)
     double total[kTileLanes];  // U (probability targets)
     double loss[kTileLanes];
-    double scale[kTileLanes];
-    double a[kTileLanes];      // the gradient's p_j coefficient
     const bool index_targets = p.target_index != nullptr;
     const double smoothing = ctx.smoothing;
-    tile_scales(p, row0, lanes, scale);
 
     double target_logit[kTileLanes];
     double weight_t[kTileLanes];
@@ -300,7 +297,6 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
 
     if (index_targets) {
         const double uniform = smoothing / static_cast<double>(classes);
-        const double uniform_a = ctx.uniform_a();
         const double weight_total = ctx.weight_total;
         for (std::int64_t l = 0; l < lanes; ++l) {
             const double log_sum = tile.log_sum[l];
@@ -308,14 +304,28 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             double value = (1.0 - smoothing) * (-weight_t[l] * log_prob_t);
             if (smoothed_loss) value += uniform * -(dot[l] - weight_total * log_sum);
             loss[l] = kept[l] != 0.0 ? value : 0.0;
+        }
+    } else {
+        for (std::int64_t l = 0; l < lanes; ++l) loss[l] = -(dot[l] - total[l] * tile.log_sum[l]);
+    }
+    const double loss_sum = ordered_sum(loss, lanes) + (logs_as_product ? kept_log_sum(tile.sum, kept, lanes) : 0.0);
+    if (p.row_loss != nullptr) {
+        for (std::int64_t l = 0; l < lanes; ++l) p.row_loss[row0 + l] = static_cast<T>(loss[l]);
+    }
+    if (grad == nullptr) return loss_sum;
+
+    // The gradient's per-lane scale (0 for an ignored row) and p_j coefficient a.
+    double scale[kTileLanes];
+    double a[kTileLanes];
+    tile_scales(p, row0, lanes, scale);
+    if (index_targets) {
+        const double uniform_a = ctx.uniform_a();
+        for (std::int64_t l = 0; l < lanes; ++l) {
             scale[l] = kept[l] != 0.0 ? scale[l] : 0.0;
             a[l] = (1.0 - smoothing) * weight_t[l] + uniform_a;
         }
     } else {
-        for (std::int64_t l = 0; l < lanes; ++l) {
-            loss[l] = -(dot[l] - total[l] * tile.log_sum[l]);
-            a[l] = total[l];
-        }
+        for (std::int64_t l = 0; l < lanes; ++l) a[l] = total[l];
     }
     if (p.z_loss != 0.0) {
         const double twice_z = 2.0 * p.z_loss;
@@ -323,11 +333,6 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             a[l] += twice_z * (static_cast<double>(tile.max[l]) + tile.log_sum[l]);
         }
     }
-    const double loss_sum = ordered_sum(loss, lanes) + (logs_as_product ? kept_log_sum(tile.sum, kept, lanes) : 0.0);
-    if (p.row_loss != nullptr) {
-        for (std::int64_t l = 0; l < lanes; ++l) p.row_loss[row0 + l] = static_cast<T>(loss[l]);
-    }
-    if (grad == nullptr) return loss_sum;
 
     T coefficient[kTileLanes];  // a * scale / sum
     T lane_scale[kTileLanes];
