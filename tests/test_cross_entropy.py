@@ -383,3 +383,17 @@ def test_rows_of_few_classes_give_the_bits_of_an_inner_class_axis(rng, rows, cla
     np.testing.assert_array_equal(got, columns.reshape(np.shape(got)))
     finite_rows = (np.abs(x) < 1e29).all(axis=1)
     check_loss(x[finite_rows], target[finite_rows], reduction, int(finite_rows.sum()), ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("classes", [3, 10, 32])
+@pytest.mark.parametrize("bad", [-1, 32, 2**32 + 3, -(2**32), -100 + 2**32])
+def test_rows_of_few_classes_refuse_invalid_targets(rng, classes, bad):
+    """Rows of few classes with the default options take a tile of their own; an invalid target
+    anywhere (here in the second tile, whose low 32 bits may look valid) still fails the call."""
+    bad = bad if bad != 32 else classes
+    x = make_logits(rng, (300, classes), np.float32)
+    target = rng.integers(0, classes, 300)
+    target[201] = bad
+    for reduction in REDUCTIONS:
+        with pytest.raises(IndexError, match=rf"(?<![\d]){bad}(?![\d])"):
+            fx.cross_entropy(x, target, reduction=reduction)

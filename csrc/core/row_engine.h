@@ -706,13 +706,16 @@ inline TargetCheck check_target_block(const std::int64_t* target, std::int64_t c
 // gather and the separate pass of the check took a fifth of the loss's time; reading the targets
 // here, the tile mostly waits for them instead, and the loss gained 0-9% on this machine (one read
 // of the targets less matters more where memory is shared by more cores).
-inline void tile_target_classes(const std::int64_t* targets, std::int64_t lanes, std::int64_t classes,
-                                std::int64_t ignore_index, std::int64_t* target_class, double* kept) {
+// The class numbers are int64, or int32 for up to kSmallClasses classes (see
+// tile_max_and_target_logits).
+template <typename I>
+void tile_target_classes(const std::int64_t* targets, std::int64_t lanes, std::int64_t classes,
+                         std::int64_t ignore_index, I* target_class, double* kept) {
     for (std::int64_t l = 0; l < lanes; ++l) {
         const std::int64_t t = targets[l];
         const bool keep = t != ignore_index;
         const bool in_range = t >= 0 && t < classes;
-        target_class[l] = keep && in_range ? t : -1;
+        target_class[l] = static_cast<I>(keep && in_range ? t : -1);
         kept[l] = keep ? 1.0 : 0.0;
     }
 }
@@ -779,15 +782,11 @@ void tile_max_target_lanes(const T* x, std::int64_t classes, const std::int32_t*
 
 template <typename T>
 void tile_max_and_target_logits(const T* x, std::int64_t classes, std::int64_t lanes,
-                                const std::int64_t* target_class, T* max, double* target_logit) {
+                                const std::int32_t* target_class, T* max, T* logit) {
     constexpr int B = kMaxAccumulators<T>;
-    std::int32_t small_class[kTileLanes];
-    T logit[kTileLanes];
-    for (std::int64_t l = 0; l < lanes; ++l) small_class[l] = static_cast<std::int32_t>(target_class[l]);
     std::int64_t l = 0;
-    for (; l + B <= lanes; l += B) tile_max_target_lanes<T, B>(x + l, classes, small_class + l, max + l, logit + l);
-    for (; l < lanes; ++l) tile_max_target_lanes<T, 1>(x + l, classes, small_class + l, max + l, logit + l);
-    for (l = 0; l < lanes; ++l) target_logit[l] = static_cast<double>(logit[l]);
+    for (; l + B <= lanes; l += B) tile_max_target_lanes<T, B>(x + l, classes, target_class + l, max + l, logit + l);
+    for (; l < lanes; ++l) tile_max_target_lanes<T, 1>(x + l, classes, target_class + l, max + l, logit + l);
 }
 
 // Per lane: sum_c w_c * (x_c - max) in double.
