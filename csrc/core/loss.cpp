@@ -462,6 +462,36 @@ struct BinaryTargets {
     FASTXENT_MATH bool keeps(std::int32_t t) const { return ((t == 0) & class0) | ((t == 1) & class1); }
 };
 
+// Row l of a binary_tile or few_class_tile, from its target logit minus its max (`shift`) and its sum
+// of exponentials, as loss_tile's: with kRowLosses its loss, also stored in row_losses[l]; without,
+// its loss without the log of the sum, and the sum as the factor of the logs (1 for an ignored row).
+// Each select is between values already computed (selects between computations became masked
+// stores behind branches). Forced inline, so that the loops calling it vectorise.
+template <bool kRowLosses, typename T>
+FASTXENT_MATH void plain_row_loss(double shift, double sum, bool keep, std::int64_t l, double* loss, double* factor,
+                                  T* row_losses) {
+    if constexpr (kRowLosses) {
+        const double row_loss = -(shift - log_double(sum));
+        loss[l] = keep ? row_loss : 0.0;
+        row_losses[l] = static_cast<T>(loss[l]);
+    } else {
+        const double row_factor = keep ? sum : 1.0;
+        const double row_loss = keep ? -shift : 0.0;
+        factor[l] = row_factor;
+        loss[l] = row_loss;
+    }
+}
+
+// The sum of a tile's losses from plain_row_loss's arrays.
+template <bool kRowLosses>
+double plain_tile_loss(const double* loss, const double* factor, std::int64_t lanes) {
+    if constexpr (kRowLosses) {
+        return ordered_sum(loss, lanes);
+    } else {
+        return ordered_sum(loss, lanes) + log_of_products(factor, lanes);
+    }
+}
+
 // The tile's targets checked into `check` (as loss_tile's, when not null), and which values keep a row.
 template <typename T>
 BinaryTargets binary_targets(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int64_t lanes,
@@ -497,22 +527,9 @@ double binary_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int6
         const double shift = logit - static_cast<double>(max);
         const double sum_wide = static_cast<double>(sum);
         const bool keep = kept_classes.keeps(t);
-        if constexpr (kRowLosses) {
-            const double row_loss = -(shift - log_double(sum_wide));
-            loss[l] = keep ? row_loss : 0.0;
-            row_losses[l] = static_cast<T>(loss[l]);
-        } else {
-            const double row_factor = keep ? sum_wide : 1.0;
-            const double row_loss = keep ? -shift : 0.0;
-            factor[l] = row_factor;
-            loss[l] = row_loss;
-        }
+        plain_row_loss<kRowLosses>(shift, sum_wide, keep, l, loss, factor, row_losses);
     }
-    if constexpr (kRowLosses) {
-        return ordered_sum(loss, lanes);
-    } else {
-        return ordered_sum(loss, lanes) + log_of_products(factor, lanes);
-    }
+    return plain_tile_loss<kRowLosses>(loss, factor, lanes);
 }
 
 // Rows row0 .. row0 + lanes - 1 (lanes <= kTileLanes) of a few_class_rows problem, transposed into
@@ -538,23 +555,9 @@ double few_class_tile(const CrossEntropyProblem<T>& p, const T* tile, std::int64
     double loss[kTileLanes];    // without kRowLosses, without the log of the sum
     for (std::int64_t l = 0; l < lanes; ++l) {
         const double shift = static_cast<double>(logit[l]) - static_cast<double>(stats.max[l]);
-        const bool keep = kept[l] != 0.0;
-        if constexpr (kRowLosses) {
-            const double row_loss = -(shift - log_double(stats.sum[l]));
-            loss[l] = keep ? row_loss : 0.0;
-            row_losses[l] = static_cast<T>(loss[l]);
-        } else {
-            const double row_factor = keep ? stats.sum[l] : 1.0;
-            const double row_loss = keep ? -shift : 0.0;
-            factor[l] = row_factor;
-            loss[l] = row_loss;
-        }
+        plain_row_loss<kRowLosses>(shift, stats.sum[l], kept[l] != 0.0, l, loss, factor, row_losses);
     }
-    if constexpr (kRowLosses) {
-        return ordered_sum(loss, lanes);
-    } else {
-        return ordered_sum(loss, lanes) + log_of_products(factor, lanes);
-    }
+    return plain_tile_loss<kRowLosses>(loss, factor, lanes);
 }
 
 // Rows row0 .. row0 + lanes - 1 (lanes <= kTileLanes) of a binary_rows problem with a gradient:
