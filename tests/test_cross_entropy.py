@@ -367,10 +367,10 @@ def test_two_contiguous_classes_refuse_targets_whose_low_bits_look_valid(rng, ba
 @pytest.mark.parametrize("classes", [3, 4, 10, 21, 32])
 @pytest.mark.parametrize("rows", [1, 31, 33, 128, 300])
 def test_rows_of_few_classes_give_the_bits_of_an_inner_class_axis(rng, rows, classes, ignore_index, reduction, dtype):
-    """Rows of few classes are transposed into tiles whose max and target logits come from one pass
-    of register blocks; the same logits with the class axis before an inner axis are read in place,
-    with a pass each. The same results to the last bit (NaN's sign aside), and the reference's
-    values on the finite rows."""
+    """Rows of few classes with the default options take a tile of their own (few_class_tile); the
+    same logits with the class axis before an inner axis are read in place by the general tile
+    (loss_tile). The same results to the last bit (NaN's sign aside), and the reference's values on
+    the finite rows."""
     x = make_logits(rng, (rows, classes), dtype)
     special = [np.inf, -np.inf, np.nan, 1e30, -1e30]
     for row in rng.choice(rows, size=rows // 8, replace=False):

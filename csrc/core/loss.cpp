@@ -242,9 +242,8 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     const bool stats_here = p.saved_stats == nullptr;
     const bool transposed = p.view.inner == 1;
     const bool exps_in_grad = stats_here && grad != nullptr && transposed;
-    // The max and the target logits in one pass, for a tile of few classes in a buffer of its own.
-    const bool max_with_targets =
-        stats_here && p.target_index != nullptr && classes <= kSmallClasses && stride == kTileLanes;
+    // The max and the target logits in one pass, for a tile of few classes.
+    const bool max_with_targets = stats_here && p.target_index != nullptr && classes <= kSmallClasses;
     TileStats<T> tile;
     if (max_with_targets) {
         // Below, with the targets.
@@ -277,7 +276,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             std::int32_t small_class[kTileLanes];
             T logit[kTileLanes];
             for (std::int64_t l = 0; l < lanes; ++l) small_class[l] = static_cast<std::int32_t>(target_class[l]);
-            tile_max_and_target_logits(x, classes, lanes, small_class, tile.max, logit);
+            tile_max_and_target_logits(x, stride, classes, lanes, small_class, tile.max, logit);
             for (std::int64_t l = 0; l < lanes; ++l) target_logit[l] = static_cast<double>(logit[l]);
         } else {
             tile_target_logits(x, stride, classes, lanes, target_class, target_logit);
@@ -548,7 +547,7 @@ double few_class_tile(const CrossEntropyProblem<T>& p, const T* tile, std::int64
     tile_target_classes(targets, lanes, classes, p.ignore_index, target_class, kept);
     TileStats<T> stats;
     T logit[kTileLanes];
-    tile_max_and_target_logits(tile, classes, lanes, target_class, stats.max, logit);
+    tile_max_and_target_logits(tile, kTileLanes, classes, lanes, target_class, stats.max, logit);
     tile_sum_exp(tile, kTileLanes, classes, lanes, stats.max, stats.sum, prefetch);
     T* row_losses = kRowLosses ? p.row_loss + row0 : nullptr;
     double factor[kTileLanes];  // the sum of exponentials, or 1 for an ignored row (without kRowLosses)

@@ -748,12 +748,14 @@ void tile_target_logits(const T* x, std::int64_t stride, std::int64_t classes, s
     for (std::int64_t l = 0; l < lanes; ++l) target_logit[l] = static_cast<double>(logit[l]);
 }
 
-// Per lane of a tile in a buffer of its own (classes kTileLanes apart) of at most kSmallClasses
-// classes, in one pass of register blocks (see the Note on register blocks of a tile's max): the max,
-// as tile_max, and the target logit, as tile_target_logits (target_class[l], or -1 for none).
+// Per lane of a tile of at most kSmallClasses classes (class c of lane l at x[c * stride + l]), in one
+// pass of register blocks (see the Note on register blocks of a tile's max): the max, as tile_max, and
+// the target logit, as tile_target_logits (target_class[l], or -1 for none). Also on a tile read in
+// place along an inner axis, where the max alone keeps its sweep: with the targets' pass left out,
+// the loss of 16 x 21 x 128 x 128 logits measured 3-7% faster than with the sweep and that pass.
 template <typename T, int B>
-void tile_max_target_lanes(const T* x, std::int64_t classes, const std::int32_t* target_class, T* max,
-                           T* logit) {
+void tile_max_target_lanes(const T* x, std::int64_t stride, std::int64_t classes, const std::int32_t* target_class,
+                           T* max, T* logit) {
     T m[B];
     T t[B];
     std::int32_t k[B];
@@ -764,7 +766,7 @@ void tile_max_target_lanes(const T* x, std::int64_t classes, const std::int32_t*
         k[j] = target_class[j];
     }
     for (std::int64_t c = 0; c < classes; ++c) {
-        const T* row = x + c * kTileLanes;
+        const T* row = x + c * stride;
         const std::int32_t cls = static_cast<std::int32_t>(c);
 #pragma omp simd
         for (int j = 0; j < B; ++j) {
@@ -781,12 +783,14 @@ void tile_max_target_lanes(const T* x, std::int64_t classes, const std::int32_t*
 }
 
 template <typename T>
-void tile_max_and_target_logits(const T* x, std::int64_t classes, std::int64_t lanes,
+void tile_max_and_target_logits(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
                                 const std::int32_t* target_class, T* max, T* logit) {
     constexpr int B = kMaxAccumulators<T>;
     std::int64_t l = 0;
-    for (; l + B <= lanes; l += B) tile_max_target_lanes<T, B>(x + l, classes, target_class + l, max + l, logit + l);
-    for (; l < lanes; ++l) tile_max_target_lanes<T, 1>(x + l, classes, target_class + l, max + l, logit + l);
+    for (; l + B <= lanes; l += B) {
+        tile_max_target_lanes<T, B>(x + l, stride, classes, target_class + l, max + l, logit + l);
+    }
+    for (; l < lanes; ++l) tile_max_target_lanes<T, 1>(x + l, stride, classes, target_class + l, max + l, logit + l);
 }
 
 // Per lane: sum_c w_c * (x_c - max) in double.
