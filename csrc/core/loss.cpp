@@ -211,6 +211,17 @@ void prefetch_next_targets(const CrossEntropyProblem<T>& p, std::int64_t row0, s
     if (next < rows) prefetch_range(p.target_index + next, 0, rows - next < lanes ? rows - next : lanes);
 }
 
+// The check of the index targets of rows row0 .. row0 + lanes - 1 into `check`, when not null, its
+// first invalid one as a flat row (see CrossEntropyProblem::target_checks). Forced inline: called
+// out of line, the two-class and segmentation losses measured 2-5% slower.
+template <typename T>
+FASTXENT_MATH void check_tile_targets(const CrossEntropyProblem<T>& p, std::int64_t classes, std::int64_t row0, std::int64_t lanes,
+                        TargetCheck* check) {
+    if (check == nullptr) return;
+    *check = check_target_block(p.target_index + row0, lanes, classes, p.ignore_index);
+    if (check->first_invalid >= 0) check->first_invalid += row0;
+}
+
 // A tile of `lanes` consecutive rows starting at `row0`: class c of lane l at x[c * stride + l], its
 // probability target at y[c * y_stride + l], its gradient at grad[c * grad_stride + l]. Returns the
 // sum of the tile's losses, added in a fixed order. Per-lane work is done in arrays so that it vectorises
@@ -268,10 +279,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
         const std::int64_t* targets = p.target_index + row0;
         std::int64_t target_class[kTileLanes];
         tile_target_classes(targets, lanes, classes, p.ignore_index, target_class, kept);
-        if (check != nullptr) {
-            *check = check_target_block(targets, lanes, classes, p.ignore_index);
-            if (check->first_invalid >= 0) check->first_invalid += row0;
-        }
+        check_tile_targets(p, classes, row0, lanes, check);
         if (max_with_targets) {
             std::int32_t small_class[kTileLanes];
             T logit[kTileLanes];
@@ -420,14 +428,14 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
 // loop falling back to scalar code for the overlap. Measured on 1048576 x 2 float32 logits against
 // loss_tile: cross_entropy_with_grad in 0.68 of its time on one thread and on two.
 //
-// Rows of 3 to kSmallClasses classes with the same options and no gradient (few_class_tile) still
-// take a transposed tile, whose max and target logits come from one pass of register blocks. Of
-// loss_tile's other passes over its per-row arrays, those the options make trivial (class weights
-// of 1, logs of 0, the target logits widened to double) are left out, and the losses and the
-// factors of the logs are made in one pass after the exponentials. The operations that remain, and
-// their order, are loss_tile's, so are the results. Measured against loss_tile in the same process:
-// the 1048576 x 10 mean in 0.92-0.95 of its time (one and two threads), 1048576 x 4 in 0.91, the row
-// losses (reduction none) in 0.95-0.98.
+// Rows of up to kSmallClasses classes with the same options and no gradient, other than binary_tile's
+// (few_class_tile: three or more classes, or two not contiguous), still take a transposed tile, whose max
+// and target logits come from one pass of register blocks. Of loss_tile's other passes over its per-row
+// arrays, those the options make trivial (class weights of 1, logs of 0, the target logits widened to
+// double) are left out, and the losses and the factors of the logs are made in one pass after the
+// exponentials. The operations that remain, and their order, are loss_tile's, so are the results. Measured
+// against loss_tile in the same process: the 1048576 x 10 mean in 0.92-0.95 of its time (one and two
+// threads), 1048576 x 4 in 0.91, the row losses (reduction none) in 0.95-0.98.
 
 // Rows read in place (not staged), class indices, no class weights, smoothing, z-loss or cap, and no
 // statistics saved or used: the rows of binary_tile and few_class_tile.
@@ -495,10 +503,7 @@ double plain_tile_loss(const double* loss, const double* factor, std::int64_t la
 template <typename T>
 BinaryTargets binary_targets(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int64_t lanes,
                              TargetCheck* check) {
-    if (check != nullptr) {
-        *check = check_target_block(p.target_index + row0, lanes, 2, p.ignore_index);
-        if (check->first_invalid >= 0) check->first_invalid += row0;
-    }
+    check_tile_targets(p, 2, row0, lanes, check);
     return BinaryTargets{p.ignore_index != 0, p.ignore_index != 1};
 }
 
@@ -538,10 +543,7 @@ double few_class_tile(const CrossEntropyProblem<T>& p, const T* tile, std::int64
                       std::int64_t lanes, const TilePrefetch<T>& prefetch, TargetCheck* check) {
     const std::int64_t* targets = p.target_index + row0;
     prefetch_next_targets(p, row0, lanes);
-    if (check != nullptr) {
-        *check = check_target_block(targets, lanes, classes, p.ignore_index);
-        if (check->first_invalid >= 0) check->first_invalid += row0;
-    }
+    check_tile_targets(p, classes, row0, lanes, check);
     std::int32_t target_class[kTileLanes];
     double kept[kTileLanes];
     tile_target_classes(targets, lanes, classes, p.ignore_index, target_class, kept);
