@@ -469,3 +469,25 @@ def test_wide_rows_along_a_strided_class_axis(rng, shape, dtype):
         )
         assert_close(grad, ref.cross_entropy_grad(upcast(x), target, reduction=reduction), dtype)
     assert_close(fx.logsumexp(x, axis=1), ref.logsumexp(upcast(x), axis=1), dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_losses_beyond_the_result_dtype_are_infinite_without_a_warning(reduction):
+    """A loss too large for its dtype (float32 logits 6e38 apart, float16 ones 120000 apart, a sum of
+    two 3e38 float32 losses, a z-loss of 1e57) rounds to infinity, as PyTorch returns it, with no NumPy overflow warning (the suite turns
+    warnings into errors)."""
+    target = np.array([1, 0])
+    for x in (np.array([[3e38, -3e38], [-3e38, 3e38]], np.float32), np.array([[6e4, -6e4], [-6e4, 6e4]], np.float16)):
+        for loss in (
+            fx.cross_entropy(x, target, reduction=reduction),
+            fx.cross_entropy(x, target, reduction=reduction, label_smoothing=0.1),
+            fx.cross_entropy_with_grad(x, target, reduction=reduction)[0],
+            fx.CrossEntropyLoss(reduction=reduction)(x, target),
+        ):
+            assert np.asarray(loss).dtype == x.dtype
+            assert np.isposinf(np.asarray(loss).reshape(-1)[0])
+    log_probs = np.array([[-3e38, 0.0], [-3e38, 0.0]], np.float32)
+    assert np.isposinf(fx.nll_loss(log_probs, np.array([0, 0]), reduction="sum"))
+    x = np.array([[1e30, 0.0], [0.0, 0.0]], np.float32)
+    loss, z_part = fx.cross_entropy(x, target, reduction=reduction, z_loss=1e-3, return_z_loss=True)
+    assert np.isposinf(np.asarray(loss).reshape(-1)[0]) and np.isposinf(np.asarray(z_part).reshape(-1)[0])

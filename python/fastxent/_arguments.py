@@ -329,6 +329,28 @@ def new_result(shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return _core.empty(shape, dtype) if nbytes >= _core.KEPT_RESULT_BYTES else np.empty(shape, dtype)
 
 
+# The largest finite float16, the narrowest result dtype: a value within it fits every result dtype.
+_SMALLEST_MAX = 65504.0
+
+
+def scalar(value: float, dtype: np.dtype) -> Any:
+    """``value`` as a NumPy scalar of ``dtype``. Beyond the dtype's range it rounds to an infinity,
+    as IEEE arithmetic does and as PyTorch returns it, without NumPy's overflow warning."""
+    if -_SMALLEST_MAX <= value <= _SMALLEST_MAX:
+        return dtype.type(value)
+    with np.errstate(over="ignore"):
+        return dtype.type(value)
+
+
+def cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``array`` in ``dtype`` (itself when it has it), values beyond the dtype's range rounded to
+    infinities without NumPy's overflow warning."""
+    if array.dtype == dtype:
+        return array
+    with np.errstate(over="ignore"):
+        return array.astype(dtype)
+
+
 def reduce(total: float, denominator: float, code: int, dtype: np.dtype) -> Any:
     """The reduced loss as a NumPy scalar of ``dtype``; ``mean`` divides in float64 (IEEE rules for a
     zero denominator: 0/0 is NaN)."""
@@ -339,4 +361,4 @@ def reduce(total: float, denominator: float, code: int, dtype: np.dtype) -> Any:
             total = math.nan
         else:
             total = math.copysign(math.inf, total)
-    return dtype.type(total)
+    return scalar(total, dtype)

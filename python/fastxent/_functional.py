@@ -31,7 +31,7 @@ def _softmax_family(x: ArrayLike, axis: Any, op: str, out: Optional[np.ndarray])
         result = out if out is not None else args.new_result(shape, dtype)
     _core.softmax(args.core_array(array), view, args.SOFTMAX_OPS[op], args.core_array(result), args.half_code(dtype))
     # logsumexp of 16-bit logits is computed into float32, then rounded to their dtype.
-    return result if result.dtype == dtype else result.astype(dtype)
+    return args.cast(result, dtype)
 
 
 def log_softmax(x: ArrayLike, axis: int = -1, *, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -165,11 +165,11 @@ def _loss(problem: _Problem, return_z_loss: bool = False, **run_options: Any) ->
         problem.run(row_loss=row_loss, **run_options)
         if problem.z_loss == 0.0:
             z_part = np.zeros(problem.row_shape, problem.dtype) if return_z_loss else None
-            loss = row_loss.astype(problem.dtype, copy=False)
+            loss = args.cast(row_loss, problem.dtype)
         else:
             z_rows = _z_rows(problem, stats)
-            loss = (row_loss + z_rows).astype(problem.dtype)
-            z_part = z_rows.astype(problem.dtype)
+            loss = args.cast(row_loss + z_rows, problem.dtype)
+            z_part = args.cast(z_rows, problem.dtype)
     else:
         total, denominator = problem.run(want_sum=True, **run_options)
         z_total = float(np.sum(_z_rows(problem, stats))) if problem.z_loss != 0.0 else 0.0
@@ -289,7 +289,7 @@ def cross_entropy(
     ):
         loss = _core.cross_entropy_fast(input, target, ignore_index, args.REDUCTIONS[reduction])
         if loss is not None:
-            return loss if reduction == "none" else input.dtype.type(loss)
+            return loss if reduction == "none" else args.scalar(loss, input.dtype)
     problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss, softcap)
     return _loss(problem, _flag(return_z_loss))
 
@@ -354,7 +354,7 @@ def cross_entropy_with_grad(
         )
         if result is not None:
             loss, grad = result
-            return (loss if reduction == "none" else input.dtype.type(loss)), grad
+            return (loss if reduction == "none" else args.scalar(loss, input.dtype)), grad
     problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss, softcap)
     scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight), input)
     loss = _loss(problem, _flag(return_z_loss), grad=grad, grad_output=scalar, grad_rows=rows)
@@ -387,5 +387,5 @@ def nll_loss(
     row_loss = np.empty(row_shape, array.dtype) if code == args.REDUCTIONS["none"] else None
     total, denominator = _core.nll_loss(array, view, targets.index, class_weight, ignore, row_loss)
     if row_loss is not None:
-        return row_loss.astype(dtype, copy=False)
+        return args.cast(row_loss, dtype)
     return args.reduce(total, denominator, code, dtype)

@@ -100,7 +100,7 @@ class CrossEntropyLoss:
             args.Targets(index, None), None, self.ignore_index, 0.0, code, 0.0, 0.0,
         )
         self._stats, self._plain = stats, True
-        return loss if self.reduction == "none" else input.dtype.type(loss)
+        return loss if self.reduction == "none" else args.scalar(loss, input.dtype)
 
     def backward(self, grad_output: ArrayLike = 1.0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """d loss / d input of the last ``forward`` call, times ``grad_output`` (a scalar, or for
