@@ -241,3 +241,26 @@ def test_log_softmax_of_two_contiguous_classes_gives_the_general_tiles_bits(rng,
     np.testing.assert_array_equal(in_place, got)
     finite = np.isfinite(x).all(axis=1) & (np.abs(x) < 1e29).all(axis=1)
     assert_close(got[finite], ref.log_softmax(x[finite].astype(np.float64)), dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("classes", [7, 8, 21, 32, 33])
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_tiles_copied_along_an_inner_axis_give_the_bits_of_tiles_read_in_place(rng, function, classes, dtype):
+    """Tiles along an inner axis whose classes fall into the same cache sets (a multiple of 4096 bytes
+    apart) are copied by their max pass and read from the copy (8 to 32 classes); the same values
+    in a view whose classes lie further apart are read in place. The same results to the last bit
+    (NaN's sign aside), and the reference's on finite logits."""
+    inner = 4096 // np.dtype(dtype).itemsize
+    x = make_logits(rng, (2, classes, inner), dtype)
+    padded = np.zeros((2, classes, inner + 128), dtype)
+    padded[..., :inner] = x
+    view = padded[..., :inner]
+    check(function, x, 1)
+    np.testing.assert_array_equal(getattr(fx, function)(x, axis=1), getattr(fx, function)(view, axis=1))
+    x[0, 0, 5] = np.inf
+    x[1, classes - 1, 200] = np.nan
+    x[1, 2, 300] = -1e30
+    padded[..., :inner] = x
+    np.testing.assert_array_equal(getattr(fx, function)(x, axis=1), getattr(fx, function)(view, axis=1))
+

@@ -34,11 +34,11 @@ void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row,
 
 // A tile of `lanes` rows laid out as x[c * stride + l]; outputs go to out[c * out_stride + l] (or
 // out[l] for logsumexp). `transposed`: the tile holds transposed rows (small_rows), not a tile along
-// an inner axis (columns).
+// an inner axis (columns). `max`, when not null, is the tile's max, already taken.
 template <typename T>
 void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
                   T* out, std::int64_t out_stride, bool transposed,
-                  const TilePrefetch<T>& prefetch = TilePrefetch<T>{}) {
+                  const TilePrefetch<T>& prefetch = TilePrefetch<T>{}, const T* max = nullptr) {
     TileStats<T> tile;
     if (op == SoftmaxOp::softmax && transposed) {
         // The exponentials are stored into the output by the sums and scaled there (as softmax_row),
@@ -58,7 +58,12 @@ void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t cl
     // double: softmax's 1 / sum is exp(-log_sum) (see TileStats).
     constexpr bool float_logs = std::is_same_v<T, float>;
     const bool double_logs = op != SoftmaxOp::log_softmax || !float_logs;
-    tile_stats(x, stride, classes, lanes, op == SoftmaxOp::softmax, tile, prefetch, double_logs);
+    if (max != nullptr) {
+        for (std::int64_t l = 0; l < lanes; ++l) tile.max[l] = max[l];
+    } else {
+        tile_max(x, stride, classes, lanes, tile.max);
+    }
+    tile_sums(x, stride, classes, lanes, op == SoftmaxOp::softmax, tile, prefetch, double_logs);
     if (op == SoftmaxOp::logsumexp) {
         for (std::int64_t l = 0; l < lanes; ++l) {
             out[l] = static_cast<T>(logsumexp_from_stats(tile.row(l), x + l, stride, classes));
@@ -85,6 +90,19 @@ void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t cl
             for (std::int64_t l = 0; l < lanes; ++l) out_row[l] = fast_exp(in_row[l] - tile.max[l]) * scale[l];
         }
     }
+}
+
+// softmax_tile of a tile along an inner axis that copies_tile: its max pass copies it, and the rest
+// reads the copy (see the Note on copies of a tile along an inner axis in row_engine.h). Out of line,
+// so that the copy's buffer is no part of the kernel's frame.
+template <typename T>
+[[gnu::noinline]] void softmax_copied_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t classes,
+                                           std::int64_t lanes, T* out, std::int64_t out_stride,
+                                           const TilePrefetch<T>& prefetch) {
+    T copy[kSmallClasses * kTileLanes];
+    T max[kTileLanes];
+    tile_max_copy(x, stride, classes, lanes, max, copy);
+    softmax_tile(op, copy, kTileLanes, classes, lanes, out, out_stride, false, prefetch, max);
 }
 
 // Note: log_softmax of two classes. Rows of two contiguous classes, read in place: the max, one
@@ -266,8 +284,12 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
             const T* x = problem.input + outer * view.outer_stride + lane0;
             T* out = reduces ? problem.output + outer * view.inner + lane0
                              : problem.output + outer * classes * view.inner + lane0;
-            softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner, false,
-                         next_tile(problem.input, plan, view, item));
+            const TilePrefetch<T> prefetch = next_tile(problem.input, plan, view, item);
+            if (copies_tile<T>(view.class_stride, classes, lanes)) {
+                softmax_copied_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner, prefetch);
+            } else {
+                softmax_tile(problem.op, x, view.class_stride, classes, lanes, out, view.inner, false, prefetch);
+            }
         } else if (binary) {
             binary_log_softmax_tile(problem.input + range.first * 2, range.lanes, problem.output + range.first * 2);
         } else {
