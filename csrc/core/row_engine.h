@@ -547,15 +547,20 @@ void tile_sum_exp(const T* x, std::int64_t stride, std::int64_t classes, std::in
 // The loops over a block's lanes are marked `omp simd` (honoured without the OpenMP runtime, by
 // -fopenmp-simd): left to GCC's straight-line vectoriser, the selects of the max stayed scalar with
 // SSE2 and for doubles.
-template <typename T, int B>
-void tile_max_lanes(const T* x, std::int64_t stride, std::int64_t classes, T* max) {
+// With kCopy (tile_max_copy), each value is also stored into copy[c * kTileLanes + j].
+template <typename T, int B, bool kCopy = false>
+void tile_max_lanes(const T* x, std::int64_t stride, std::int64_t classes, T* max, T* copy = nullptr) {
     T m[B];
 #pragma omp simd
     for (int j = 0; j < B; ++j) m[j] = negative_infinity<T>();
     for (std::int64_t c = 0; c < classes; ++c) {
         const T* row = x + c * stride;
 #pragma omp simd
-        for (int j = 0; j < B; ++j) m[j] = row[j] > m[j] ? row[j] : m[j];
+        for (int j = 0; j < B; ++j) {
+            const T value = row[j];
+            if constexpr (kCopy) copy[c * kTileLanes + j] = value;
+            m[j] = value > m[j] ? value : m[j];
+        }
     }
 #pragma omp simd
     for (int j = 0; j < B; ++j) max[j] = m[j];
@@ -605,34 +610,14 @@ bool copies_tile(std::int64_t stride, std::int64_t classes, std::int64_t lanes) 
            (stride * static_cast<std::int64_t>(sizeof(T))) % kCacheAliasBytes == 0;
 }
 
-// Lanes 0 .. B - 1 of tile_max_copy: tile_max_lanes, storing each value into `copy` too.
-template <typename T, int B>
-void tile_max_copy_lanes(const T* x, std::int64_t stride, std::int64_t classes, T* max, T* copy) {
-    T m[B];
-#pragma omp simd
-    for (int j = 0; j < B; ++j) m[j] = negative_infinity<T>();
-    for (std::int64_t c = 0; c < classes; ++c) {
-        const T* row = x + c * stride;
-        T* copy_row = copy + c * kTileLanes;
-#pragma omp simd
-        for (int j = 0; j < B; ++j) {
-            const T value = row[j];
-            copy_row[j] = value;
-            m[j] = value > m[j] ? value : m[j];
-        }
-    }
-#pragma omp simd
-    for (int j = 0; j < B; ++j) max[j] = m[j];
-}
-
 // tile_max of a tile that copies_tile, in register blocks, copying it into `copy` (classes kTileLanes
 // apart) as it goes.
 template <typename T>
 void tile_max_copy(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes, T* max, T* copy) {
     constexpr int B = kMaxAccumulators<T>;
     std::int64_t l = 0;
-    for (; l + B <= lanes; l += B) tile_max_copy_lanes<T, B>(x + l, stride, classes, max + l, copy + l);
-    for (; l < lanes; ++l) tile_max_copy_lanes<T, 1>(x + l, stride, classes, max + l, copy + l);
+    for (; l + B <= lanes; l += B) tile_max_lanes<T, B, true>(x + l, stride, classes, max + l, copy + l);
+    for (; l < lanes; ++l) tile_max_lanes<T, 1, true>(x + l, stride, classes, max + l, copy + l);
 }
 
 // Per-lane sum of exponentials against tile.max, with the given terms (see tile_sum_exp), and its log
@@ -799,9 +784,10 @@ void tile_target_logits(const T* x, std::int64_t stride, std::int64_t classes, s
 // the target logit, as tile_target_logits (target_class[l], or -1 for none). Also on a tile read in
 // place along an inner axis, where the max alone keeps its sweep: with the targets' pass left out,
 // the loss of 16 x 21 x 128 x 128 logits measured 3-7% faster than with the sweep and that pass.
-template <typename T, int B>
+// With kCopy (tile_max_copy_and_target_logits), each value is also stored into copy[c * kTileLanes + j].
+template <typename T, int B, bool kCopy = false>
 void tile_max_target_lanes(const T* x, std::int64_t stride, std::int64_t classes, const std::int32_t* target_class,
-                           T* max, T* logit) {
+                           T* max, T* logit, T* copy = nullptr) {
     T m[B];
     T t[B];
     std::int32_t k[B];
@@ -817,6 +803,7 @@ void tile_max_target_lanes(const T* x, std::int64_t stride, std::int64_t classes
 #pragma omp simd
         for (int j = 0; j < B; ++j) {
             const T value = row[j];
+            if constexpr (kCopy) copy[c * kTileLanes + j] = value;
             m[j] = value > m[j] ? value : m[j];
             t[j] = k[j] == cls ? value : t[j];
         }
@@ -839,39 +826,6 @@ void tile_max_and_target_logits(const T* x, std::int64_t stride, std::int64_t cl
     for (; l < lanes; ++l) tile_max_target_lanes<T, 1>(x + l, stride, classes, target_class + l, max + l, logit + l);
 }
 
-// Lanes 0 .. B - 1 of tile_max_copy_and_target_logits: tile_max_target_lanes, storing each value into
-// `copy` too.
-template <typename T, int B>
-void tile_max_target_copy_lanes(const T* x, std::int64_t stride, std::int64_t classes,
-                                const std::int32_t* target_class, T* max, T* logit, T* copy) {
-    T m[B];
-    T t[B];
-    std::int32_t k[B];
-#pragma omp simd
-    for (int j = 0; j < B; ++j) {
-        m[j] = negative_infinity<T>();
-        t[j] = T(0);
-        k[j] = target_class[j];
-    }
-    for (std::int64_t c = 0; c < classes; ++c) {
-        const T* row = x + c * stride;
-        T* copy_row = copy + c * kTileLanes;
-        const std::int32_t cls = static_cast<std::int32_t>(c);
-#pragma omp simd
-        for (int j = 0; j < B; ++j) {
-            const T value = row[j];
-            copy_row[j] = value;
-            m[j] = value > m[j] ? value : m[j];
-            t[j] = k[j] == cls ? value : t[j];
-        }
-    }
-#pragma omp simd
-    for (int j = 0; j < B; ++j) {
-        max[j] = m[j];
-        logit[j] = t[j];
-    }
-}
-
 // tile_max_and_target_logits of a tile that copies_tile, copying it into `copy` as tile_max_copy.
 template <typename T>
 void tile_max_copy_and_target_logits(const T* x, std::int64_t stride, std::int64_t classes, std::int64_t lanes,
@@ -879,10 +833,10 @@ void tile_max_copy_and_target_logits(const T* x, std::int64_t stride, std::int64
     constexpr int B = kMaxAccumulators<T>;
     std::int64_t l = 0;
     for (; l + B <= lanes; l += B) {
-        tile_max_target_copy_lanes<T, B>(x + l, stride, classes, target_class + l, max + l, logit + l, copy + l);
+        tile_max_target_lanes<T, B, true>(x + l, stride, classes, target_class + l, max + l, logit + l, copy + l);
     }
     for (; l < lanes; ++l) {
-        tile_max_target_copy_lanes<T, 1>(x + l, stride, classes, target_class + l, max + l, logit + l, copy + l);
+        tile_max_target_lanes<T, 1, true>(x + l, stride, classes, target_class + l, max + l, logit + l, copy + l);
     }
 }
 
