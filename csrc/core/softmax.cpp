@@ -94,7 +94,13 @@ void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t cl
 
 // softmax_tile of a tile along an inner axis that copies_tile: its max pass copies it, and the rest
 // reads the copy (see the Note on copies of a tile along an inner axis in row_engine.h). Out of line,
-// so that the copy's buffer is no part of the kernel's frame.
+// so that the copy's buffer is no part of the kernel's frame. GCC's -Waggressive-loop-optimizations
+// is silenced here as for loss_copied_tile (loss.cpp): it warns of undefined behaviour in remainder
+// loops that never run on a whole tile.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
+#endif
 template <typename T>
 [[gnu::noinline]] void softmax_copied_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t classes,
                                            std::int64_t lanes, T* out, std::int64_t out_stride,
@@ -104,6 +110,9 @@ template <typename T>
     tile_max_copy(x, stride, classes, lanes, max, copy);
     softmax_tile(op, copy, kTileLanes, classes, lanes, out, out_stride, false, prefetch, max);
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 // Note: log_softmax of two classes. Rows of two contiguous classes, read in place: the max, one
 // exponential and the log per row in one pass, and the outputs interleaved in a second (so that the
