@@ -595,7 +595,7 @@ void tile_max(const T* x, std::int64_t stride, std::int64_t classes, std::int64_
 // the kernel's own (classes kTileLanes apart), and the later passes read the copy: the same values,
 // so the same results. Measured against reading in place, in the same process: on 16 x 21 x 128 x 128
 // float32 logits the loss in 0.85-0.89 of the time (one and two threads), the loss with its gradient
-// in 0.92-0.96, log_softmax in 0.87-0.96 and softmax in 0.95-1.01; on 64 x 32 x 4096 the loss in
+// in 0.92-0.97, log_softmax in 0.87-0.97 and softmax in 0.95-1.01; on 64 x 32 x 4096 the loss in
 // 0.84-0.90. The gradient of 1048576 x 10 and 1048576 x 4 rows, whose code this leaves as it was,
 // measured 3-8% slower in the same comparisons, and 1.00 with the copied tiles' call compiled out:
 // the placement of the kernels' code, which no change here was found to avoid. Only for whole tiles (the last lanes of a partial tile would go one at a time through
