@@ -474,10 +474,13 @@ def test_wide_rows_along_a_strided_class_axis(rng, shape, dtype):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_losses_beyond_the_result_dtype_are_infinite_without_a_warning(reduction):
     """A loss too large for its dtype (float32 logits 6e38 apart, float16 ones 120000 apart, a sum of
-    two 3e38 float32 losses, a z-loss of 1e57) rounds to infinity, as PyTorch returns it, with no NumPy overflow warning (the suite turns
-    warnings into errors)."""
+    two 3e38 float32 losses, a z-loss of 1e57) rounds to infinity, as PyTorch returns it, with no
+    NumPy overflow warning (the suite turns warnings into errors)."""
     target = np.array([1, 0])
-    for x in (np.array([[3e38, -3e38], [-3e38, 3e38]], np.float32), np.array([[6e4, -6e4], [-6e4, 6e4]], np.float16)):
+    for x in (
+        np.array([[3e38, -3e38], [-3e38, 3e38]], np.float32),
+        np.array([[6e4, -6e4], [-6e4, 6e4]], np.float16),
+    ):
         for loss in (
             fx.cross_entropy(x, target, reduction=reduction),
             fx.cross_entropy(x, target, reduction=reduction, label_smoothing=0.1),

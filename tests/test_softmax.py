@@ -263,4 +263,3 @@ def test_tiles_copied_along_an_inner_axis_give_the_bits_of_tiles_read_in_place(r
     x[1, 2, 300] = -1e30
     padded[..., :inner] = x
     np.testing.assert_array_equal(getattr(fx, function)(x, axis=1), getattr(fx, function)(view, axis=1))
-
