@@ -330,13 +330,13 @@ def new_result(shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 
 # The largest finite float16, the narrowest result dtype: a value within it fits every result dtype.
-_SMALLEST_MAX = 65504.0
+SMALLEST_MAX = 65504.0
 
 
 def scalar(value: float, dtype: np.dtype) -> Any:
     """``value`` as a NumPy scalar of ``dtype``. Beyond the dtype's range it rounds to an infinity,
     as IEEE arithmetic does and as PyTorch returns it, without NumPy's overflow warning."""
-    if -_SMALLEST_MAX <= value <= _SMALLEST_MAX:
+    if -SMALLEST_MAX <= value <= SMALLEST_MAX:
         return dtype.type(value)
     with np.errstate(over="ignore"):
         return dtype.type(value)

@@ -289,7 +289,11 @@ def cross_entropy(
     ):
         loss = _core.cross_entropy_fast(input, target, ignore_index, args.REDUCTIONS[reduction])
         if loss is not None:
-            return loss if reduction == "none" else args.scalar(loss, input.dtype)
+            if reduction == "none":
+                return loss
+            # args.scalar, its common case inline (65504 is args.SMALLEST_MAX): this path's cost is
+            # the call's overhead.
+            return input.dtype.type(loss) if -65504.0 <= loss <= 65504.0 else args.scalar(loss, input.dtype)
     problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss, softcap)
     return _loss(problem, _flag(return_z_loss))
 
