@@ -215,8 +215,8 @@ void prefetch_next_targets(const CrossEntropyProblem<T>& p, std::int64_t row0, s
 // first invalid one as a flat row (see CrossEntropyProblem::target_checks). Forced inline: called
 // out of line, the two-class and segmentation losses measured 2-5% slower.
 template <typename T>
-FASTXENT_MATH void check_tile_targets(const CrossEntropyProblem<T>& p, std::int64_t classes, std::int64_t row0, std::int64_t lanes,
-                        TargetCheck* check) {
+FASTXENT_MATH void check_tile_targets(const CrossEntropyProblem<T>& p, std::int64_t classes, std::int64_t row0,
+                                      std::int64_t lanes, TargetCheck* check) {
     if (check == nullptr) return;
     *check = check_target_block(p.target_index + row0, lanes, classes, p.ignore_index);
     if (check->first_invalid >= 0) check->first_invalid += row0;

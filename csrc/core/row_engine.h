@@ -586,22 +586,23 @@ void tile_max(const T* x, std::int64_t stride, std::int64_t classes, std::int64_
     for (; l < lanes; ++l) tile_max_lanes<T, 1>(x + l, stride, classes, max + l);
 }
 
-// Note: copies of a tile along an inner axis. A tile read in place along an inner axis (columns) has
-// its classes a whole inner extent apart. Where that extent is a multiple of 4096 bytes (H x W of
-// 32 x 32, 64 x 64, 128 x 128, 224 x 224 ...), every class of a lane falls into the same set of the
-// level-1 cache, and of the level-2 cache too from 65536 bytes: with more classes than a set has ways
-// (8 to 12 on current x86 cores), a tile cannot stay in cache between its passes, and each pass after
-// the first reads it again from further out. Such a tile is copied by its max pass into a buffer of
-// the kernel's own (classes kTileLanes apart), and the later passes read the copy: the same values,
-// so the same results. Measured against reading in place, in the same process: on 16 x 21 x 128 x 128
-// float32 logits the loss in 0.85-0.89 of the time (one and two threads), the loss with its gradient
-// in 0.92-0.97, log_softmax in 0.87-0.97 and softmax in 0.95-1.01; on 64 x 32 x 4096 the loss in
-// 0.84-0.90. The gradient of 1048576 x 10 and 1048576 x 4 rows, whose code this leaves as it was,
-// measured 3-8% slower in the same comparisons, and 1.00 with the copied tiles' call compiled out:
-// the placement of the kernels' code, which no change here was found to avoid. Only for whole tiles (the last lanes of a partial tile would go one at a time through
-// the copying max: up to 1.3x slower on 20000 x 5 x 50) and kCopyMinClasses or more classes (with 3,
-// on 4 x 3 x 262144, the copy cost 3.5%); extents that are no such multiple (16 x 21 x 100 x 100)
-// gained nothing from it.
+// Note: copies of a tile along an inner axis. A tile read in place along an inner axis (columns)
+// has its classes a whole inner extent apart. Where that extent is a multiple of 4096 bytes (H x W
+// of 32 x 32, 64 x 64, 128 x 128, 224 x 224 ...), every class of a lane falls into the same set of
+// the level-1 cache, and of the level-2 cache too from 65536 bytes: with more classes than a set
+// has ways (8 to 12 on current x86 cores), a tile cannot stay in cache between its passes, and each
+// pass after the first reads it again from further out. Such a tile is copied by its max pass into
+// a buffer of the kernel's own (classes kTileLanes apart), and the later passes read the copy: the
+// same values, so the same results. Measured against reading in place, in the same process: on
+// 16 x 21 x 128 x 128 float32 logits the loss in 0.85-0.89 of the time (one and two threads), the
+// loss with its gradient in 0.92-0.97, log_softmax in 0.87-0.97 and softmax in 0.95-1.01; on
+// 64 x 32 x 4096 the loss in 0.84-0.90. The gradient of 1048576 x 10 and 1048576 x 4 rows, whose
+// code this leaves as it was, measured 3-8% slower in the same comparisons, and 1.00 with the
+// copied tiles' call compiled out: the placement of the kernels' code, which no change here was
+// found to avoid. Only for whole tiles (the last lanes of a partial tile would go one at a time
+// through the copying max: up to 1.3x slower on 20000 x 5 x 50) and kCopyMinClasses or more classes
+// (with 3, on 4 x 3 x 262144, the copy cost 3.5%); extents that are no such multiple
+// (16 x 21 x 100 x 100) gained nothing from it.
 constexpr std::int64_t kCopyMinClasses = 8;
 constexpr std::int64_t kCacheAliasBytes = 4096;
 
