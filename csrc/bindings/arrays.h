@@ -11,9 +11,11 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include <vector>
 
+#include "core/dispatch.h"
 #include "core/kernels.h"
 #include "core/parallel.h"
 
@@ -23,6 +25,14 @@ namespace py = pybind11;
 
 // (outer, classes, inner, outer_stride, class_stride) as sent by the Python layer.
 using ViewTuple = std::array<std::int64_t, 5>;
+
+// The view as the kernels of the chosen instruction set cut it for T (ClassAxisView::tile_classes).
+template <typename T>
+ClassAxisView tiled_view(ClassAxisView view) {
+    const KernelTable& table = kernels();
+    view.tile_classes = std::is_same_v<T, float> ? table.tile_classes_float : table.tile_classes_double;
+    return view;
+}
 
 inline ClassAxisView to_view(const ViewTuple& v) {
     if (v[0] < 0 || v[1] < 0 || v[2] < 0) throw std::invalid_argument("negative extent in the class-axis view");

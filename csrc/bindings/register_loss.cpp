@@ -64,12 +64,13 @@ double denominator_of(const std::int64_t* targets, std::int64_t rows, const T* w
 // Returns (sum of the row losses, denominator of "mean"). The denominator is D for index targets and
 // the number of rows for probability targets.
 template <typename T>
-py::tuple run_cross_entropy(const py::array& input, int half, double softcap, const ClassAxisView& view, const py::object& target_index,
-                            const py::object& target_prob, const py::object& weight, std::int64_t ignore_index,
-                            double label_smoothing, double z_loss, Reduction reduction, double grad_output,
-                            const py::object& grad_rows, const py::object& row_loss, const py::object& grad,
-                            const py::object& save_stats, const py::object& saved_stats, bool want_sum,
-                            void (*kernel)(const CrossEntropyProblem<T>&)) {
+py::tuple run_cross_entropy(const py::array& input, int half, double softcap, const ClassAxisView& axis_view,
+                            const py::object& target_index, const py::object& target_prob, const py::object& weight,
+                            std::int64_t ignore_index, double label_smoothing, double z_loss, Reduction reduction,
+                            double grad_output, const py::object& grad_rows, const py::object& row_loss,
+                            const py::object& grad, const py::object& save_stats, const py::object& saved_stats,
+                            bool want_sum, void (*kernel)(const CrossEntropyProblem<T>&)) {
+    const ClassAxisView view = tiled_view<T>(axis_view);
     const std::int64_t rows = view.rows();
     CrossEntropyProblem<T> problem;
     set_logits<T>(problem, input, half);

@@ -30,10 +30,11 @@ std::int64_t first_target_out_of_bounds(const std::int64_t* target, std::int64_t
 }
 
 template <typename T>
-void run_score(const py::array& input, int half, const ClassAxisView& view, const py::object& target,
+void run_score(const py::array& input, int half, const ClassAxisView& axis_view, const py::object& target,
                std::int64_t candidates, const py::object& logprob, const py::object& is_greedy,
                const py::object& rank, const py::object& lse, const py::object& argmax,
                const py::object& entropy, void (*kernel)(const ScoreProblem<T>&)) {
+    const ClassAxisView view = tiled_view<T>(axis_view);
     if (candidates < 0) throw py::value_error("negative number of candidates");
     const std::int64_t rows = view.rows();
     const std::int64_t targets = rows * candidates;
@@ -68,9 +69,10 @@ void run_score(const py::array& input, int half, const ClassAxisView& view, cons
 }
 
 template <typename T>
-void run_score_spans(const py::array& input, int half, const ClassAxisView& view, const py::object& target,
+void run_score_spans(const py::array& input, int half, const ClassAxisView& axis_view, const py::object& target,
                      const py::object& starts, const py::object& lengths, const py::object& span_logprob,
                      const py::object& span_greedy, void (*kernel)(const ScoreSpansProblem<T>&)) {
+    const ClassAxisView view = tiled_view<T>(axis_view);
     const std::int64_t rows = view.rows();
     if (!py::isinstance<py::array>(starts)) throw py::value_error("starts must be an ndarray");
     const std::int64_t spans = static_cast<std::int64_t>(py::reinterpret_borrow<py::array>(starts).size());

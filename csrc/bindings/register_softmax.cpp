@@ -11,8 +11,9 @@ namespace fastxent::bindings {
 namespace {
 
 template <typename T>
-void run_softmax(const py::array& input, int half, const ClassAxisView& view, SoftmaxOp op, const py::object& out,
+void run_softmax(const py::array& input, int half, const ClassAxisView& axis_view, SoftmaxOp op, const py::object& out,
                  void (*kernel)(const SoftmaxProblem<T>&)) {
+    const ClassAxisView view = tiled_view<T>(axis_view);
     SoftmaxProblem<T> problem;
     set_logits<T>(problem, input, half);
     problem.view = view;
@@ -50,7 +51,7 @@ py::array softmax_fast_typed(const py::array& x, SoftmaxOp op, void (*kernel)(co
     py::array result = new_result<T>(shape);
     SoftmaxProblem<T> problem;
     problem.input = static_cast<const T*>(x.data());
-    problem.view = ClassAxisView{rows, classes, 1, classes, 1};
+    problem.view = tiled_view<T>(ClassAxisView{rows, classes, 1, classes, 1});
     problem.op = op;
     problem.output = static_cast<T*>(result.mutable_data());
     std::vector<double> workspace(static_cast<std::size_t>(split_workspace_size(problem.view)));

@@ -1,6 +1,7 @@
 // The one exported entry point of an instruction set: fills the kernel table with the kernels that
 // this instruction set's copy of each kernel file registers. Compiled once per instruction set.
 #include "kernels.h"
+#include "row_engine.h"
 
 namespace fastxent {
 namespace FASTXENT_ISA {
@@ -12,6 +13,8 @@ void register_target_kernels(KernelTable& table);   // target_check.cpp
 
 void register_kernels(KernelTable& table) {
     table.isa = FASTXENT_ISA_NAME;
+    table.tile_classes_float = transposed_tile_classes<float>();
+    table.tile_classes_double = transposed_tile_classes<double>();
     register_softmax_kernels(table);
     register_loss_kernels(table);
     register_score_kernels(table);

@@ -10,12 +10,26 @@
 
 namespace fastxent {
 
+// Up to this many classes, the target logits of a tile are gathered by selects, and a tile along an
+// inner axis may be copied (row_engine.h); and up to this many, every instruction set transposes a
+// contiguous class axis in tiles (ClassAxisView::tile_classes).
+constexpr std::int64_t kSmallClasses = 32;
+// The most classes any instruction set transposes in tiles (see the Note on how many classes a
+// transposed tile takes, row_engine.h): the kernels' tile buffers hold this many classes.
+constexpr std::int64_t kTileClasses = 64;
+// Lanes of a column tile (a multiple of every vector width).
+constexpr std::int64_t kTileLanes = 128;
+
 struct ClassAxisView {
     std::int64_t outer = 1;
     std::int64_t classes = 1;
     std::int64_t inner = 1;
     std::int64_t outer_stride = 1;  // elements between consecutive outer positions
     std::int64_t class_stride = 1;  // elements between consecutive classes (the inner stride is 1)
+    // Up to how many classes a contiguous class axis is transposed in tiles (plan_work, capped at
+    // kTileClasses): the kernels' own choice for their type (KernelTable::tile_classes_float and
+    // _double), set by the caller, so that the caller and the kernel cut the view alike.
+    std::int64_t tile_classes = kSmallClasses;
 
     std::int64_t rows() const { return outer * inner; }
     std::int64_t size() const { return outer * classes * inner; }
@@ -130,6 +144,9 @@ struct KernelTable {
     void (*score_spans_double)(const ScoreSpansProblem<double>&) = nullptr;
     TargetCheck (*check_targets)(const std::int64_t* target, std::int64_t count, std::int64_t classes,
                                  std::int64_t ignore_index) = nullptr;
+    // ClassAxisView::tile_classes for float and double views.
+    std::int64_t tile_classes_float = kSmallClasses;
+    std::int64_t tile_classes_double = kSmallClasses;
 };
 
 // How a view is cut into work items. It depends on the view only, never on the thread count: the
@@ -170,10 +187,6 @@ constexpr std::int64_t kSplitChunk = 1 << 14;  // a multiple of the block of sum
 std::int64_t split_chunks(const ClassAxisView& view);
 inline std::int64_t split_workspace_size(const ClassAxisView& view) { return 4 * view.rows() * split_chunks(view); }
 
-// Below this many classes, a contiguous class axis is transposed in tiles and vectorised across rows.
-constexpr std::int64_t kSmallClasses = 32;
-// Lanes of a column tile (a multiple of every vector width).
-constexpr std::int64_t kTileLanes = 128;
 
 // One entry point per instruction set; each fills the table with its kernels.
 namespace baseline { void register_kernels(KernelTable& table); }

@@ -830,7 +830,7 @@ template <typename T>
                              view.inner, grad, kTileLanes, range.first, range.lanes, TilePrefetch<T>{}, check);
         if (has_grad) ctx.grad.store_tile(dense_offset, view.inner, values, slope, classes, range.lanes);
     } else {
-        T tile_target[kSmallClasses * kTileLanes];
+        T tile_target[kTileClasses * kTileLanes];
         ctx.logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, values,
                                    slope);
         if (p.target_prob != nullptr) {
@@ -897,7 +897,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             item_sum = problem.row_loss == nullptr ? binary_tile<T, false>(problem, range.first, range.lanes, check)
                                                    : binary_tile<T, true>(problem, range.first, range.lanes, check);
         } else if (few_classes) {
-            T tile_in[kSmallClasses * kTileLanes];
+            T tile_in[kTileClasses * kTileLanes];
             transpose_into_tile(problem.input + range.first * view.outer_stride, view.outer_stride, classes,
                                 range.lanes, tile_in);
             const TilePrefetch<T> prefetch = next_tile(problem.input, plan, view, item);
@@ -907,9 +907,9 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
         } else {
             const std::int64_t first = range.first;
             const std::int64_t lanes = range.lanes;
-            T tile_in[kSmallClasses * kTileLanes];
-            T tile_target[kSmallClasses * kTileLanes];
-            T tile_grad[kSmallClasses * kTileLanes];
+            T tile_in[kTileClasses * kTileLanes];
+            T tile_target[kTileClasses * kTileLanes];
+            T tile_grad[kTileClasses * kTileLanes];
             transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
                                 tile_in);
             if (problem.target_prob != nullptr) {

@@ -1062,6 +1062,26 @@ void transpose_from_tile(const T* tile, std::int64_t classes, std::int64_t lanes
     }
 }
 
+// Note: how many classes a transposed tile takes. Up to kSmallClasses everywhere; float rows up to
+// kTileClasses where the tiles are transposed in 8 x 8 blocks (AVX2, AVX-512). A row of 33 to 64
+// classes read whole (the rows strategy) pays a fixed cost per row, its max and its sum each folded
+// from vector accumulators, and a scalar log, which at 33 classes is more than its exponentials; in
+// tiles those are vectorised across 128 rows. Measured on float32 rows with AVX2, two threads,
+// against whole rows in the same process: 127100 x 33 loss in 0.28 of the time, 65536 x 64 in 0.54
+// (gradient 0.40 and 0.60, log_softmax 0.40 and 0.79, softmax at 64 classes 0.55). Beyond 64 the
+// two transposes catch up with what the tiles save: log_softmax of 96 classes took 1.05 of the
+// rows' time, of 128 classes 1.26 (the loss 0.91 there). Double tiles, transposed element by
+// element, and SSE2 tiles of 4 x 4 blocks lost from 64 classes on (1.2 to 3.5 times the rows'
+// time), so they keep kSmallClasses.
+template <typename T>
+constexpr std::int64_t transposed_tile_classes() {
+#if defined(FASTXENT_TILE_SHUFFLES) && FASTXENT_VECTOR_BYTES >= 32
+    return std::is_same_v<T, float> ? kTileClasses : kSmallClasses;
+#else
+    return kSmallClasses;
+#endif
+}
+
 // Note: logsumexp at infinities. A row whose max is +inf has logsumexp +inf, a row of -inf has -inf
 // (PyTorch shifts by 0 instead of an infinite max); a NaN anywhere in the row gives NaN. The shifted
 // sum cannot tell these apart (inf - inf), so this rare case looks at the row again.

@@ -253,7 +253,7 @@ void score_kernel(const ScoreProblem<T>& problem) {
         } else {
             const std::int64_t first = range.first;
             const std::int64_t lanes = range.lanes;
-            T tile[kSmallClasses * kTileLanes];
+            T tile[kTileClasses * kTileLanes];
             transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes, tile);
             score_tile(problem, tile, kTileLanes, first, lanes);
         }

@@ -304,8 +304,8 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
         } else {
             const std::int64_t first = range.first;
             const std::int64_t lanes = range.lanes;
-            T tile_in[kSmallClasses * kTileLanes];
-            T tile_out[kSmallClasses * kTileLanes];
+            T tile_in[kTileClasses * kTileLanes];
+            T tile_out[kTileClasses * kTileLanes];
             transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
                                 tile_in);
             const TilePrefetch<T> prefetch = next_tile(problem.input, plan, view, item);

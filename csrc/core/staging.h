@@ -217,8 +217,8 @@ struct Logits {
     // into tile[c * kTileLanes + l].
     void load_transposed(std::int64_t offset, std::int64_t row_stride, std::int64_t classes, std::int64_t lanes,
                          T* tile, T* slope) const {
-        T row[kSmallClasses];
-        T row_slope[kSmallClasses];
+        T row[kTileClasses];
+        T row_slope[kTileClasses];
         for (std::int64_t l = 0; l < lanes; ++l) {
             load(offset + l * row_stride, classes, row, slope == nullptr ? nullptr : row_slope);
             for (std::int64_t c = 0; c < classes; ++c) tile[c * kTileLanes + l] = row[c];
@@ -307,8 +307,8 @@ struct Destination {
     // A transposed tile (as Logits::load_transposed) back to `lanes` contiguous rows of `classes`.
     void store_transposed(std::int64_t offset, const T* tile, const T* slope, std::int64_t classes,
                           std::int64_t lanes) const {
-        T row[kSmallClasses];
-        T row_slope[kSmallClasses];
+        T row[kTileClasses];
+        T row_slope[kTileClasses];
         for (std::int64_t l = 0; l < lanes; ++l) {
             for (std::int64_t c = 0; c < classes; ++c) row[c] = tile[c * kTileLanes + l];
             if (slope != nullptr) {

@@ -14,7 +14,8 @@ WorkPlan plan_work(const ClassAxisView& view) {
     if (view.inner > 1) {
         return WorkPlan{Strategy::columns, kTileLanes, view.outer * ceil_div(view.inner, kTileLanes)};
     }
-    if (view.classes <= kSmallClasses) {
+    const std::int64_t tile_classes = view.tile_classes < kTileClasses ? view.tile_classes : kTileClasses;
+    if (view.classes <= tile_classes) {
         return WorkPlan{Strategy::small_rows, kTileLanes, ceil_div(view.rows(), kTileLanes)};
     }
     std::int64_t rows_per_item = kItemElements / view.classes;
