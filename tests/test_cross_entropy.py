@@ -456,3 +456,53 @@ def test_rows_of_few_classes_refuse_invalid_targets(rng, classes, bad):
     for reduction in REDUCTIONS:
         with pytest.raises(IndexError, match=rf"(?<![\d]){bad}(?![\d])"):
             fx.cross_entropy(x, target, reduction=reduction)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("options", INDEX_OPTIONS)
+@pytest.mark.parametrize(
+    "layout",
+    [Layout((70, 100), None), Layout((3, 5, 100), -1), Layout((2, 100, 3), None)],
+    ids=["N,C", "B,T,V-axis=-1", "N,C,d1"],
+)
+def test_more_classes_than_a_tile_takes(rng, layout, options, reduction, dtype):
+    """100 classes: whole rows (the rows strategy) with every option, where the 37 classes of the
+    main grid go through tiles (see the Note on how many classes a transposed tile takes)."""
+    x = make_logits(rng, layout.shape, dtype)
+    target = make_index_target(rng, layout, options)
+    kwargs = loss_kwargs(rng, layout, options, dtype)
+    check_loss(x, target, reduction, count_rows(layout), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("classes", [65, 100, 1000])
+@pytest.mark.parametrize("rows", [1, 31, 32, 33, 64, 65, 200, 1500])
+def test_reduced_whole_rows_take_their_logs_as_logs_of_products(rng, rows, classes, reduction, dtype):
+    """A reduced loss over whole rows with the default options multiplies the rows' sums of
+    exponentials, 32 at a time, and takes one log per product: row counts on either side of those
+    products, ignored rows left out of them, and a row of NaN or of -inf spoiling the result."""
+    x = make_logits(rng, (rows, classes), dtype, scale=4.0)
+    target = rng.integers(0, classes, rows)
+    target[rng.random(rows) < 0.2] = -100
+    check_loss(x, target, reduction, rows)
+    one = fx.cross_entropy(x, target, reduction=reduction)
+    before = fx.get_num_threads()
+    try:
+        fx.set_num_threads(1)
+        np.testing.assert_array_equal(fx.cross_entropy(x, target, reduction=reduction), one)
+    finally:
+        fx.set_num_threads(before)
+    for bad, expected in ((np.nan, "nan"), (-np.inf, "nan")):
+        spoiled = x.copy()
+        spoiled[rows // 2] = bad
+        kept = target.copy()
+        kept[rows // 2] = 0
+        got = fx.cross_entropy(spoiled, kept, reduction=reduction)
+        assert np.isnan(got), (bad, got)
+    masked = x.copy()
+    masked[rows // 2, target[rows // 2] if target[rows // 2] >= 0 else 0] = -np.inf
+    kept = target.copy()
+    kept[rows // 2] = target[rows // 2] if target[rows // 2] >= 0 else 0
+    assert fx.cross_entropy(masked, kept, reduction=reduction) == np.inf

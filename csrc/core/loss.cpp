@@ -166,6 +166,53 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
     return loss;
 }
 
+// Note: logs of whole rows as logs of products. A loss reduced over contiguous rows (the rows strategy)
+// with the default options (class indices, no class weights, smoothing, z-loss, cap or 16-bit logits)
+// adds each kept row's log(sum) once, as a tile's does (see the Note on logs of a tile as one log of
+// products, row_engine.h): so the sums are multiplied together, kProductRows at a time, and one log
+// is taken per product instead of a libm log per row. The rest of each row's loss, x_t - max, is
+// added in double as before, and the loop is loss_row's without its branches for other options.
+// Measured against loss_row, paired in one process, one and two threads: float32 41943 x 100 in
+// 0.70 of the time, 20971 x 200 in 0.79, 4096 x 1000 in 0.93, 256 x 1000 in 0.94 (2048 x 32000,
+// whose rows are long, 0.99); float64 41943 x 100 in 0.89.
+constexpr int kProductRows = 32;  // a product of 32 sums of at most 2^24 each stays below 2^768
+
+// Whether the rows of a rows-strategy problem take plain_rows_loss.
+template <typename T>
+bool plain_whole_rows(const LossContext<T>& ctx) {
+    const CrossEntropyProblem<T>& p = ctx.problem;
+    return p.view.inner == 1 && !ctx.logits.staged() && p.softcap == 0.0 && p.target_index != nullptr &&
+           p.weight == nullptr && p.label_smoothing == 0.0 && p.z_loss == 0.0 && p.row_loss == nullptr &&
+           p.grad == nullptr && p.grad_half == nullptr && p.save_stats == nullptr && p.saved_stats == nullptr &&
+           ctx.classes <= kMaxProductClasses;
+}
+
+// The sum of the losses of rows first .. last - 1 of a plain_whole_rows problem (see the Note above).
+template <typename T>
+double plain_rows_loss(const LossContext<T>& ctx, std::int64_t first, std::int64_t last) {
+    const CrossEntropyProblem<T>& p = ctx.problem;
+    const ClassAxisView& view = p.view;
+    const std::int64_t classes = ctx.classes;
+    double shifts = 0.0;
+    double logs = 0.0;
+    double product = 1.0;
+    int factors = 0;
+    for (std::int64_t row = first; row < last; ++row) {
+        const std::int64_t t = p.target_index[row];
+        if (t == p.ignore_index) continue;
+        const T* x = p.input + row * view.outer_stride;
+        const T max = row_max(x, classes);
+        product *= row_sum_exp(x, classes, max, next_row(ctx.logits, view, row));
+        shifts += -(static_cast<double>(x[t]) - static_cast<double>(max));
+        if (++factors == kProductRows) {
+            logs += std::log(product);
+            product = 1.0;
+            factors = 0;
+        }
+    }
+    return shifts + (logs + std::log(product));
+}
+
 // scale[l] = the gradient's scale of row row0 + l (CrossEntropyProblem::grad_scale and grad_rows).
 template <typename T>
 void tile_scales(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int64_t lanes, double* scale) {
@@ -861,6 +908,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
     const std::int64_t per_thread = staged ? staging_size(view, capped) : 0;
     const bool binary = binary_rows(ctx);
     const bool few_classes = few_class_rows(ctx);
+    const bool plain_rows = plain_whole_rows(ctx);
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (std::int64_t item = 0; item < plan.items; ++item) {
@@ -869,6 +917,8 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
         TargetCheck* check = problem.target_checks == nullptr ? nullptr : problem.target_checks + item;
         if (staged) {
             item_sum = loss_item_staged(ctx, plan, range, thread_staging(problem.staging, per_thread, capped), check);
+        } else if (plan.strategy == Strategy::rows && plain_rows) {
+            item_sum = plain_rows_loss(ctx, range.first, range.last);
         } else if (plan.strategy == Strategy::rows) {
             for (std::int64_t row = range.first; row < range.last; ++row) {
                 item_sum += loss_row(ctx, problem.input + row * view.outer_stride, row,
