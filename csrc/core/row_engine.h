@@ -261,6 +261,16 @@ enum class SumTerms { in_sum, written, written_and_stored };
 
 // sum_i exp(x_i - shift), blocked as described above, with the given terms (stored into out[i] for
 // written_and_stored; out may be x itself); prefetching `next` (see the Note above).
+//
+// Note: the loop of stored exponentials. Since out may be x itself, GCC vectorised each group of the
+// stored terms on its own, behind a test of the distance between out and x with a scalar path
+// beside it: the accumulators then went through memory and the polynomial's constants were loaded
+// again for every group. The group's iterations are independent (each reads its element before it
+// writes it, and adds to its own accumulator), which `omp simd` states, and the loop is then an
+// ordinary vector loop with its accumulators in registers. The same operations in the same order,
+// so the same results. Measured against the previous build, paired in one process: the gradient of
+// 4096 x 1000 float32 rows in 0.82 of the time (one and two threads), 2048 x 32000 and 256 x 128256
+// in 0.85, softmax of 4096 x 1000 in 0.82; float64 and SSE2 in 0.73-0.83.
 template <typename T, SumTerms terms>
 double row_sum_terms(const T* x, T* out, std::int64_t n, T shift, NextRow next) {
     constexpr int L = kAccumulators<T>;
@@ -270,13 +280,21 @@ double row_sum_terms(const T* x, T* out, std::int64_t n, T shift, NextRow next) 
         T acc[L];
         for (int j = 0; j < L; ++j) acc[j] = T(0);
         std::int64_t i = for_each_group<L>(start, stop, next, [&](std::int64_t first) {
-            for (int j = 0; j < L; ++j) {
-                if constexpr (terms == SumTerms::in_sum) {
-                    acc[j] += exp_in_sum(x[first + j], shift);
-                } else {
+            if constexpr (terms == SumTerms::written_and_stored) {
+                // See the Note on the loop of stored exponentials.
+#pragma omp simd
+                for (int j = 0; j < L; ++j) {
                     const T e = fast_exp(x[first + j] - shift);
-                    if constexpr (terms == SumTerms::written_and_stored) out[first + j] = e;
+                    out[first + j] = e;
                     acc[j] += e;
+                }
+            } else {
+                for (int j = 0; j < L; ++j) {
+                    if constexpr (terms == SumTerms::in_sum) {
+                        acc[j] += exp_in_sum(x[first + j], shift);
+                    } else {
+                        acc[j] += fast_exp(x[first + j] - shift);
+                    }
                 }
             }
         });
