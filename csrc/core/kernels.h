@@ -187,7 +187,6 @@ constexpr std::int64_t kSplitChunk = 1 << 14;  // a multiple of the block of sum
 std::int64_t split_chunks(const ClassAxisView& view);
 inline std::int64_t split_workspace_size(const ClassAxisView& view) { return 4 * view.rows() * split_chunks(view); }
 
-
 // One entry point per instruction set; each fills the table with its kernels.
 namespace baseline { void register_kernels(KernelTable& table); }
 namespace avx2 { void register_kernels(KernelTable& table); }
