@@ -264,3 +264,29 @@ def test_tiles_copied_along_an_inner_axis_give_the_bits_of_tiles_read_in_place(r
     x[1, 2, 300] = -1e30
     padded[..., :inner] = x
     np.testing.assert_array_equal(getattr(fx, function)(x, axis=1), getattr(fx, function)(view, axis=1))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("classes", [65, 100, 160, 161])
+@pytest.mark.parametrize("rows", [1, 63, 64, 65, 200])
+def test_whole_rows_take_their_logs_together(rng, rows, classes, dtype):
+    """log_softmax and logsumexp of float32 rows of up to 160 classes take their logs 64 rows at a
+    time (see the Note on logs of whole rows taken together): row counts on either side of those
+    groups, rows of -inf, +inf and NaN among them, in place as well."""
+    x = make_logits(rng, (rows, classes), dtype, scale=4.0)
+    special = rows // 2
+    x[special] = -np.inf
+    if rows > 2:
+        x[special + 1, 3] = np.inf
+        x[special - 1, 5] = np.nan
+    lse = fx.logsumexp(x)
+    assert lse[special] == -np.inf
+    np.testing.assert_array_equal(np.isnan(lse), np.isnan(ref.logsumexp(x.astype(np.float64))))
+    finite = np.isfinite(x).all(axis=1)
+    assert_close(lse[finite], ref.logsumexp(x[finite].astype(np.float64)), dtype)
+    lsm = fx.log_softmax(x)
+    assert np.isnan(lsm[special]).all()
+    assert_close(lsm[finite], ref.log_softmax(x[finite].astype(np.float64)), dtype)
+    in_place = x.copy()
+    fx.log_softmax(in_place, out=in_place)
+    np.testing.assert_array_equal(in_place, lsm)

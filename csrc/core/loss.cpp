@@ -192,7 +192,6 @@ bool plain_whole_rows(const LossContext<T>& ctx) {
 // The row losses of rows first .. last - 1 of a plain_whole_rows problem with row losses wanted, and
 // their sum: each row's max and sum of exponentials first, kLogRows rows at a time, then their logs
 // in one vectorised pass (log_double), instead of a libm log per row.
-constexpr std::int64_t kLogRows = 64;
 
 template <typename T>
 double plain_row_losses(const LossContext<T>& ctx, std::int64_t first, std::int64_t last) {

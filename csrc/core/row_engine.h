@@ -377,6 +377,11 @@ void row_probability_sums(const T* x, const T* y, const ProbabilityWeights<T>& u
     total = fold_sum(total_acc);
 }
 
+// Whole rows whose logs are taken together (loss.cpp's plain_row_losses, softmax.cpp's
+// log_softmax_rows): this many at a time, their maxima and sums first, then their logs in one
+// vectorised pass (log_double) instead of a libm log per row.
+constexpr std::int64_t kLogRows = 64;
+
 // Row statistics of a contiguous row; prefetching `next`, the next row (or null).
 template <typename T>
 RowStats row_stats(const T* x, std::int64_t n, NextRow next = {}) {

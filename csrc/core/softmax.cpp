@@ -32,6 +32,45 @@ void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row,
     }
 }
 
+// Note: logs of whole rows taken together. log_softmax and logsumexp of float rows of up to
+// kLogRowsClasses classes take each row's max and sum first, kLogRows rows at a time, then the
+// rows' logs in one vectorised pass (log_double, within an ulp as the libm log it replaces), then
+// their outputs from the rows again, still in cache (at most 40 KiB). Measured against a libm log
+// per row, paired in one process, two threads: float32 log_softmax of 52428 x 80 in 0.83 of the
+// time, 32768 x 100 in 0.85, 32768 x 128 in 0.92, 26214 x 160 in 0.94; 200 classes 1.00, 500
+// classes 1.05 (the second read of the rows catches up), and float64 rows of 100 classes 1.05.
+constexpr std::int64_t kLogRowsClasses = 160;
+
+template <typename T>
+void log_softmax_rows(const SoftmaxProblem<T>& problem, std::int64_t first, std::int64_t last,
+                      const Logits<T>& logits) {
+    const ClassAxisView& view = problem.view;
+    const std::int64_t classes = view.classes;
+    for (std::int64_t start = first; start < last; start += kLogRows) {
+        const std::int64_t count = last - start < kLogRows ? last - start : kLogRows;
+        T max[kLogRows];
+        double sum[kLogRows];
+        double log_sum[kLogRows];
+        for (std::int64_t l = 0; l < count; ++l) {
+            const std::int64_t row = start + l;
+            const T* x = problem.input + row * view.outer_stride;
+            max[l] = row_max(x, classes);
+            sum[l] = row_sum_exp(x, classes, max[l], next_row(logits, view, row));
+        }
+        for (std::int64_t l = 0; l < count; ++l) log_sum[l] = log_double(sum[l]);
+        for (std::int64_t l = 0; l < count; ++l) {
+            const std::int64_t row = start + l;
+            const T* x = problem.input + row * view.outer_stride;
+            const RowStats stats{static_cast<double>(max[l]), log_sum[l]};
+            if (problem.op == SoftmaxOp::log_softmax) {
+                write_log_softmax(x, problem.output + row * classes, classes, stats);
+            } else {
+                problem.output[row] = static_cast<T>(logsumexp_from_stats(stats, x, 1, classes));
+            }
+        }
+    }
+}
+
 // A tile of `lanes` rows laid out as x[c * stride + l]; outputs go to out[c * out_stride + l] (or
 // out[l] for logsumexp). `transposed`: the tile holds transposed rows (small_rows), not a tile along
 // an inner axis (columns). `max`, when not null, is the tile's max, already taken.
@@ -274,6 +313,8 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
     const int threads = staged_threads(plan.items, view.size(), staged, problem.staging_threads);
     const std::int64_t per_thread = staged ? staging_size(view, false) : 0;
     const bool binary = binary_log_softmax(problem);
+    const bool logs_together =
+        std::is_same_v<T, float> && problem.op != SoftmaxOp::softmax && classes <= kLogRowsClasses;
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (std::int64_t item = 0; item < plan.items; ++item) {
@@ -281,6 +322,8 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
         if (staged) {
             softmax_item_staged(problem, logits, output, plan, range,
                                 thread_staging(problem.staging, per_thread, false).values);
+        } else if (plan.strategy == Strategy::rows && logs_together) {
+            log_softmax_rows(problem, range.first, range.last, logits);
         } else if (plan.strategy == Strategy::rows) {
             for (std::int64_t row = range.first; row < range.last; ++row) {
                 softmax_row(problem, problem.input + row * view.outer_stride, row,
