@@ -41,6 +41,7 @@ void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row,
 // classes 1.05 (the second read of the rows catches up), and float64 rows of 100 classes 1.05.
 constexpr std::int64_t kLogRowsClasses = 160;
 
+// Rows first .. last - 1 of a log_softmax or logsumexp, their logs taken together (see the Note above).
 template <typename T>
 void log_softmax_rows(const SoftmaxProblem<T>& problem, std::int64_t first, std::int64_t last,
                       const Logits<T>& logits) {
