@@ -542,3 +542,29 @@ def test_two_contiguous_classes_give_the_general_tiles_gradient_bits(rng, rows, 
         rows=int(finite.sum()),
         ignore_index=ignore_index,
     )
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("classes", [101, 105, 111, 1013, 4105])
+def test_whole_rows_ending_in_a_part_of_a_group(rng, classes, dtype):
+    """Whole rows whose last elements fill more than half a group of accumulators take them as one
+    more, overlapping group (see the Note on a row's last elements): the gradient against the
+    reference, written into the logits themselves (out=input) to the same bits, and the loss
+    class's backward to the same bits as the fused gradient."""
+    rows = 37
+    x = make_logits(rng, (rows, classes), dtype, scale=4.0)
+    target = rng.integers(0, classes, rows)
+    grad = check_grad("cross_entropy_with_grad", x, target, reduction="mean", grad_output=1.0, rows=rows)
+    loss = fx.cross_entropy_with_grad(x, target)[0]
+    in_place = x.copy()
+    loss_in_place, grad_in_place = fx.cross_entropy_with_grad(in_place, target, out=in_place)
+    np.testing.assert_array_equal(grad_in_place, grad)
+    assert loss_in_place == loss
+    criterion = fx.CrossEntropyLoss()
+    criterion(x, target)
+    np.testing.assert_array_equal(criterion.backward(), grad)
+    probabilities = fx.softmax(x)
+    np.testing.assert_allclose(probabilities, ref.softmax(x.astype(np.float64)), rtol=1e-5, atol=1e-7)
+    in_place = x.copy()
+    fx.softmax(in_place, out=in_place)
+    np.testing.assert_array_equal(in_place, probabilities)
