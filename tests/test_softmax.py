@@ -270,9 +270,9 @@ def test_tiles_copied_along_an_inner_axis_give_the_bits_of_tiles_read_in_place(r
 @pytest.mark.parametrize("classes", [65, 100, 160, 161])
 @pytest.mark.parametrize("rows", [1, 63, 64, 65, 200])
 def test_whole_rows_take_their_logs_together(rng, rows, classes, dtype):
-    """log_softmax and logsumexp of float32 rows of up to 160 classes take their logs 64 rows at a
-    time (see the Note on logs of whole rows taken together): row counts on either side of those
-    groups, rows of -inf, +inf and NaN among them, in place as well."""
+    """log_softmax, softmax and logsumexp of float32 rows of up to 160 classes take their logs 64
+    rows at a time (see the Note on logs of whole rows taken together): row counts on either side
+    of those groups, rows of -inf, +inf and NaN among them, in place as well."""
     x = make_logits(rng, (rows, classes), dtype, scale=4.0)
     special = rows // 2
     x[special] = -np.inf
@@ -290,3 +290,9 @@ def test_whole_rows_take_their_logs_together(rng, rows, classes, dtype):
     in_place = x.copy()
     fx.log_softmax(in_place, out=in_place)
     np.testing.assert_array_equal(in_place, lsm)
+    sm = fx.softmax(x)
+    assert np.isnan(sm[special]).all()
+    assert_close(sm[finite], ref.softmax(x[finite].astype(np.float64)), dtype)
+    in_place = x.copy()
+    fx.softmax(in_place, out=in_place)
+    np.testing.assert_array_equal(in_place, sm)

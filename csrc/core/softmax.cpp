@@ -32,13 +32,16 @@ void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row,
     }
 }
 
-// Note: logs of whole rows taken together. log_softmax and logsumexp of float rows of up to
-// kLogRowsClasses classes take each row's max and sum first, kLogRows rows at a time, then the
-// rows' logs in one vectorised pass (log_double, within an ulp as the libm log it replaces), then
-// their outputs from the rows again, still in cache (at most 40 KiB). Measured against a libm log
-// per row, paired in one process, two threads: float32 log_softmax of 52428 x 80 in 0.83 of the
-// time, 32768 x 100 in 0.85, 32768 x 128 in 0.92, 26214 x 160 in 0.94; 200 classes 1.00, 500
-// classes 1.05 (the second read of the rows catches up), and float64 rows of 100 classes 1.05.
+// Note: logs of whole rows taken together. log_softmax, softmax and logsumexp of float rows of up
+// to kLogRowsClasses classes take each row's max and sum first, kLogRows rows at a time, then the
+// rows' logs (and for softmax the reciprocals of the sums, exp(-log(sum)) as inverse_sum's) in one
+// vectorised pass (log_double, within an ulp as the libm log it replaces), then their outputs from
+// the rows again, still in cache (at most 40 KiB). Measured against a libm log per row, paired in
+// one process, two threads: float32 log_softmax of 52428 x 80 in 0.83 of the time, 32768 x 100 in
+// 0.85, 32768 x 128 in 0.92, 26214 x 160 in 0.94; 200 classes 1.00, 500 classes 1.05 (the second
+// read of the rows catches up), and float64 rows of 100 classes 1.05. Softmax, whose per-row
+// reciprocal was a scalar exponential in double as well: 52428 x 80 in 0.64, 32768 x 100 in 0.73,
+// 32768 x 128 in 0.73, 26214 x 160 in 0.77.
 constexpr std::int64_t kLogRowsClasses = 160;
 
 // Rows first .. last - 1 of a log_softmax or logsumexp, their logs taken together (see the Note above).
@@ -68,6 +71,32 @@ void log_softmax_rows(const SoftmaxProblem<T>& problem, std::int64_t first, std:
             } else {
                 problem.output[row] = static_cast<T>(logsumexp_from_stats(stats, x, 1, classes));
             }
+        }
+    }
+}
+
+// Rows first .. last - 1 of a softmax, their logs and reciprocals taken together (see the Note
+// above): the exponentials are stored into the output while they are summed, as softmax_row's, and
+// scaled there once the group's reciprocals are known.
+template <typename T>
+void softmax_rows(const SoftmaxProblem<T>& problem, std::int64_t first, std::int64_t last, const Logits<T>& logits) {
+    const ClassAxisView& view = problem.view;
+    const std::int64_t classes = view.classes;
+    for (std::int64_t start = first; start < last; start += kLogRows) {
+        const std::int64_t count = last - start < kLogRows ? last - start : kLogRows;
+        double sum[kLogRows];
+        double inverse[kLogRows];
+        for (std::int64_t l = 0; l < count; ++l) {
+            const std::int64_t row = start + l;
+            const T* x = problem.input + row * view.outer_stride;
+            const T max = row_max(x, classes);
+            sum[l] = row_exps_into(x, problem.output + row * classes, classes, max, next_row(logits, view, row));
+        }
+        for (std::int64_t l = 0; l < count; ++l) inverse[l] = exp_double(-log_double(sum[l]));
+        for (std::int64_t l = 0; l < count; ++l) {
+            T* out = problem.output + (start + l) * classes;
+            const T scale = static_cast<T>(inverse[l]);
+            for (std::int64_t i = 0; i < classes; ++i) out[i] *= scale;
         }
     }
 }
@@ -314,8 +343,7 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
     const int threads = staged_threads(plan.items, view.size(), staged, problem.staging_threads);
     const std::int64_t per_thread = staged ? staging_size(view, false) : 0;
     const bool binary = binary_log_softmax(problem);
-    const bool logs_together =
-        std::is_same_v<T, float> && problem.op != SoftmaxOp::softmax && classes <= kLogRowsClasses;
+    const bool logs_together = std::is_same_v<T, float> && classes <= kLogRowsClasses;
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (std::int64_t item = 0; item < plan.items; ++item) {
@@ -324,7 +352,11 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
             softmax_item_staged(problem, logits, output, plan, range,
                                 thread_staging(problem.staging, per_thread, false).values);
         } else if (plan.strategy == Strategy::rows && logs_together) {
-            log_softmax_rows(problem, range.first, range.last, logits);
+            if (problem.op == SoftmaxOp::softmax) {
+                softmax_rows(problem, range.first, range.last, logits);
+            } else {
+                log_softmax_rows(problem, range.first, range.last, logits);
+            }
         } else if (plan.strategy == Strategy::rows) {
             for (std::int64_t row = range.first; row < range.last; ++row) {
                 softmax_row(problem, problem.input + row * view.outer_stride, row,
