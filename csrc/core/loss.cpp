@@ -179,14 +179,21 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
 // 32768 x 100 in 0.72, 20971 x 200 in 0.81, 4096 x 1000 in 0.94; float64 32768 x 100 in 0.90.
 constexpr int kProductRows = 32;  // a product of 32 sums of at most 2^24 each stays below 2^768
 
+// Rows read in place (not staged), class indices, no class weights, smoothing, z-loss or cap, and no
+// statistics saved or used: the rows of binary_tile, few_class_tile and (without a gradient) the
+// plain whole-row losses.
+template <typename T>
+bool plain_index_rows(const LossContext<T>& ctx) {
+    const CrossEntropyProblem<T>& p = ctx.problem;
+    return p.view.inner == 1 && !ctx.logits.staged() && p.softcap == 0.0 && p.target_index != nullptr &&
+           p.weight == nullptr && p.label_smoothing == 0.0 && p.z_loss == 0.0 && p.grad_half == nullptr &&
+           p.save_stats == nullptr && p.saved_stats == nullptr;
+}
+
 // Whether the rows of a rows-strategy problem take plain_rows_loss (or plain_row_losses).
 template <typename T>
 bool plain_whole_rows(const LossContext<T>& ctx) {
-    const CrossEntropyProblem<T>& p = ctx.problem;
-    return p.view.inner == 1 && !ctx.logits.staged() && p.softcap == 0.0 && p.target_index != nullptr &&
-           p.weight == nullptr && p.label_smoothing == 0.0 && p.z_loss == 0.0 && p.grad == nullptr &&
-           p.grad_half == nullptr && p.save_stats == nullptr && p.saved_stats == nullptr &&
-           ctx.classes <= kMaxProductClasses;
+    return plain_index_rows(ctx) && ctx.problem.grad == nullptr && ctx.classes <= kMaxProductClasses;
 }
 
 // A kept row of a plain_whole_rows problem: its sum of exponentials against its max, and its
@@ -571,16 +578,6 @@ template <typename T>
 // exponentials. The operations that remain, and their order, are loss_tile's, so are the results. Measured
 // against loss_tile in the same process: the 1048576 x 10 mean in 0.92-0.95 of its time (one and two
 // threads), 1048576 x 4 in 0.91, the row losses (reduction none) in 0.95-0.98.
-
-// Rows read in place (not staged), class indices, no class weights, smoothing, z-loss or cap, and no
-// statistics saved or used: the rows of binary_tile and few_class_tile.
-template <typename T>
-bool plain_index_rows(const LossContext<T>& ctx) {
-    const CrossEntropyProblem<T>& p = ctx.problem;
-    return p.view.inner == 1 && !ctx.logits.staged() && p.softcap == 0.0 && p.target_index != nullptr &&
-           p.weight == nullptr && p.label_smoothing == 0.0 && p.z_loss == 0.0 && p.grad_half == nullptr &&
-           p.save_stats == nullptr && p.saved_stats == nullptr;
-}
 
 template <typename T>
 bool binary_rows(const LossContext<T>& ctx) {
