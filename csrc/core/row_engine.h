@@ -409,7 +409,7 @@ void row_probability_sums(const T* x, const T* y, const ProbabilityWeights<T>& u
 }
 
 // Whole rows whose logs are taken together (loss.cpp's plain_row_losses, softmax.cpp's
-// log_softmax_rows): this many at a time, their maxima and sums first, then their logs in one
+// softmax_rows): this many at a time, their maxima and sums first, then their logs in one
 // vectorised pass (log_double) instead of a libm log per row.
 constexpr std::int64_t kLogRows = 64;
 

@@ -44,10 +44,11 @@ void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row,
 // 32768 x 128 in 0.73, 26214 x 160 in 0.77.
 constexpr std::int64_t kLogRowsClasses = 160;
 
-// Rows first .. last - 1 of a log_softmax or logsumexp, their logs taken together (see the Note above).
-template <typename T>
-void log_softmax_rows(const SoftmaxProblem<T>& problem, std::int64_t first, std::int64_t last,
-                      const Logits<T>& logits) {
+// Rows first .. last - 1 of a log_softmax, softmax or logsumexp (kOp), their logs taken together
+// (see the Note above). Softmax stores its exponentials into the output while it sums them, as
+// softmax_row, and scales them there by the reciprocals of the sums, exp(-log(sum)) as inverse_sum's.
+template <SoftmaxOp kOp, typename T>
+void softmax_rows(const SoftmaxProblem<T>& problem, std::int64_t first, std::int64_t last, const Logits<T>& logits) {
     const ClassAxisView& view = problem.view;
     const std::int64_t classes = view.classes;
     for (std::int64_t start = first; start < last; start += kLogRows) {
@@ -59,44 +60,32 @@ void log_softmax_rows(const SoftmaxProblem<T>& problem, std::int64_t first, std:
             const std::int64_t row = start + l;
             const T* x = problem.input + row * view.outer_stride;
             max[l] = row_max(x, classes);
-            sum[l] = row_sum_exp(x, classes, max[l], next_row(logits, view, row));
-        }
-        for (std::int64_t l = 0; l < count; ++l) log_sum[l] = log_double(sum[l]);
-        for (std::int64_t l = 0; l < count; ++l) {
-            const std::int64_t row = start + l;
-            const T* x = problem.input + row * view.outer_stride;
-            const RowStats stats{static_cast<double>(max[l]), log_sum[l]};
-            if (problem.op == SoftmaxOp::log_softmax) {
-                write_log_softmax(x, problem.output + row * classes, classes, stats);
+            if constexpr (kOp == SoftmaxOp::softmax) {
+                sum[l] = row_exps_into(x, problem.output + row * classes, classes, max[l], next_row(logits, view, row));
             } else {
-                problem.output[row] = static_cast<T>(logsumexp_from_stats(stats, x, 1, classes));
+                sum[l] = row_sum_exp(x, classes, max[l], next_row(logits, view, row));
             }
         }
-    }
-}
-
-// Rows first .. last - 1 of a softmax, their logs and reciprocals taken together (see the Note
-// above): the exponentials are stored into the output while they are summed, as softmax_row's, and
-// scaled there once the group's reciprocals are known.
-template <typename T>
-void softmax_rows(const SoftmaxProblem<T>& problem, std::int64_t first, std::int64_t last, const Logits<T>& logits) {
-    const ClassAxisView& view = problem.view;
-    const std::int64_t classes = view.classes;
-    for (std::int64_t start = first; start < last; start += kLogRows) {
-        const std::int64_t count = last - start < kLogRows ? last - start : kLogRows;
-        double sum[kLogRows];
-        double inverse[kLogRows];
-        for (std::int64_t l = 0; l < count; ++l) {
-            const std::int64_t row = start + l;
-            const T* x = problem.input + row * view.outer_stride;
-            const T max = row_max(x, classes);
-            sum[l] = row_exps_into(x, problem.output + row * classes, classes, max, next_row(logits, view, row));
-        }
-        for (std::int64_t l = 0; l < count; ++l) inverse[l] = exp_double(-log_double(sum[l]));
-        for (std::int64_t l = 0; l < count; ++l) {
-            T* out = problem.output + (start + l) * classes;
-            const T scale = static_cast<T>(inverse[l]);
-            for (std::int64_t i = 0; i < classes; ++i) out[i] *= scale;
+        for (std::int64_t l = 0; l < count; ++l) log_sum[l] = log_double(sum[l]);
+        if constexpr (kOp == SoftmaxOp::softmax) {
+            double inverse[kLogRows];
+            for (std::int64_t l = 0; l < count; ++l) inverse[l] = exp_double(-log_sum[l]);
+            for (std::int64_t l = 0; l < count; ++l) {
+                T* out = problem.output + (start + l) * classes;
+                const T scale = static_cast<T>(inverse[l]);
+                for (std::int64_t i = 0; i < classes; ++i) out[i] *= scale;
+            }
+        } else {
+            for (std::int64_t l = 0; l < count; ++l) {
+                const std::int64_t row = start + l;
+                const T* x = problem.input + row * view.outer_stride;
+                const RowStats stats{static_cast<double>(max[l]), log_sum[l]};
+                if constexpr (kOp == SoftmaxOp::log_softmax) {
+                    write_log_softmax(x, problem.output + row * classes, classes, stats);
+                } else {
+                    problem.output[row] = static_cast<T>(logsumexp_from_stats(stats, x, 1, classes));
+                }
+            }
         }
     }
 }
@@ -353,9 +342,11 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
                                 thread_staging(problem.staging, per_thread, false).values);
         } else if (plan.strategy == Strategy::rows && logs_together) {
             if (problem.op == SoftmaxOp::softmax) {
-                softmax_rows(problem, range.first, range.last, logits);
+                softmax_rows<SoftmaxOp::softmax>(problem, range.first, range.last, logits);
+            } else if (problem.op == SoftmaxOp::log_softmax) {
+                softmax_rows<SoftmaxOp::log_softmax>(problem, range.first, range.last, logits);
             } else {
-                log_softmax_rows(problem, range.first, range.last, logits);
+                softmax_rows<SoftmaxOp::logsumexp>(problem, range.first, range.last, logits);
             }
         } else if (plan.strategy == Strategy::rows) {
             for (std::int64_t row = range.first; row < range.last; ++row) {
