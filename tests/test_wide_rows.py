@@ -100,12 +100,14 @@ def test_results_do_not_depend_on_threads(rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_whole_chunks_masked_or_nan(dtype):
     """Each chunk of a split row is summed against its own max: a chunk of nothing but -inf adds 0,
-    one of nothing but NaN makes its row NaN, and a row of -inf only is NaN (as in the reference)."""
+    one of nothing but NaN makes its row NaN (the gradient of a masked chunk in it too), and a row of
+    -inf only is NaN (as in the reference)."""
     x = np.tile(np.linspace(-3.0, 5.0, 70_001), (4, 1)).astype(dtype)
     x[0, :16384] = -np.inf  # the first chunk entirely masked
     x[1, 16384:32768] = -np.inf  # a middle chunk masked
     x[1, -5:] = -np.inf  # and the end of the last one
     x[2, 32768:49152] = np.nan  # a chunk of NaN
+    x[2, 49152:65536] = -np.inf  # and one masked: its gradient is NaN too
     x[3, :] = -np.inf
     target = np.array([20_000, 40_000, 100, 7])
     expected_lse = ref.logsumexp(x.astype(np.float64), axis=1)
@@ -121,3 +123,26 @@ def test_whole_chunks_masked_or_nan(dtype):
         grad, ref.cross_entropy_grad(x.astype(np.float64), target, reduction="none"), **tolerance(dtype)
     )
     np.testing.assert_allclose(fx.cross_entropy(x, target, reduction="none"), expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunks_far_below_their_row_max(rng, dtype):
+    """A split row's gradient is taken from each chunk's exponentials against the chunk's own max,
+    scaled to the row's afterwards: a chunk far below the row's max (probabilities near 1e-28) keeps
+    the relative accuracy of every element, in the fused gradient, the loss class's and in place."""
+    x = rng.standard_normal((3, 70_001)).astype(dtype)
+    x[0, 16_384:32_768] -= 60.0  # the second chunk
+    x[1, 49_152:] -= 60.0  # the last chunk
+    x[2, :16_384] += 60.0  # every chunk but the first far below the max
+    target = np.array([20_000, 60_000, 100])
+    expected = ref.cross_entropy_grad(x.astype(np.float64), target)
+    assert expected[expected != 0].min() < 1e-29 and (expected != 0).all()
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    _, grad = fx.cross_entropy_with_grad(x, target)
+    np.testing.assert_allclose(grad, expected, rtol=rtol, atol=0)
+    crit = fx.CrossEntropyLoss()
+    crit(x, target)
+    np.testing.assert_array_equal(crit.backward(), grad)
+    in_place = x.copy()
+    fx.cross_entropy_with_grad(in_place, target, out=in_place)
+    np.testing.assert_array_equal(in_place, grad)

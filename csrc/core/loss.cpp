@@ -757,6 +757,34 @@ double binary_grad_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std:
     return ordered_sum(loss, lanes);
 }
 
+// Note: a split row's stored exponentials. With a gradient, index targets and no smoothing, each
+// chunk's exponentials against its own max m_k (the written ones, fast_exp's) are stored in the
+// gradient while they are summed, and the gradient is then each term times
+// a * scale * exp(m_k - max - log_sum): one multiplication per element instead of a second exponential
+// of every logit against the row's max. Loss and gradient come from one pass of exponentials, as for
+// whole rows; the loss class's backward takes this path too (saved statistics are not used here), so
+// it still gives the fused gradient's bits. A staged call (16-bit logits, a cap) computes the same
+// terms again in its gradient's pass and multiplies them alike, so that a 16-bit call still gives the
+// bits of a float32 call on the same values. The factor is formed in double and rounded once. Where
+// the row's max is not finite, or its sum is NaN, the factor is NaN and so is every element, as with
+// a second exponential. With an infinite or NaN scale the stored terms are not used (an element
+// whose term is 0 against the row's max but not against its chunk's would give inf instead of the
+// NaN of 0 * inf). Measured against the second exponential, paired in one process: the gradient of
+// 4 x 256000 float32 logits in 0.78 of the time on one thread, 0.82-0.84 on two (8 x 131072: 0.80);
+// the loss class's forward and backward in 0.93-0.96. A float16 gradient, whose sums now take the
+// written exponentials too, takes 1.06 of its time.
+
+// exp(m_k - max - log_sum), the factor of the terms of a chunk whose max is m_k (chunk_max) in the
+// gradient (see the Note above). A chunk with no value above -inf was shifted by 0 (chunk_shift):
+// its terms are 0, and stay 0, unless the row's sum is NaN or its max is -inf (then NaN).
+inline double chunk_factor(const RowStats& stats, double chunk_max) {
+    constexpr double infinity = std::numeric_limits<double>::infinity();
+    if (chunk_max == -infinity) {
+        return stats.max == -infinity ? std::numeric_limits<double>::quiet_NaN() : 0.0 * exp_double(-stats.log_sum);
+    }
+    return exp_double((chunk_max - stats.max) - stats.log_sum);
+}
+
 // Rows cut into chunks (kernels.h, kSplitClasses): each phase (maxima and sums, then sums of logits
 // when needed, then the gradient) runs over every chunk of every row in parallel, and the chunks'
 // maxima and sums are combined per row in chunk order. Saved statistics are not used here:
@@ -787,6 +815,20 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
     const bool staged = ctx.logits.staged();
     const bool capped = p.softcap != 0.0;
     const std::int64_t per_thread = staged ? staging_size(p.view, capped) : 0;
+    // Which exponentials the chunks sum (see the Note on which exponentials a row sums), and whether
+    // they are stored in the gradient (see the Note on a split row's stored exponentials).
+    const bool written_terms = one_pass && (ctx.grad.present() || p.save_stats != nullptr);
+    bool chunk_terms = written_terms && ctx.grad.present();
+    for (std::int64_t row = 0; row < rows && chunk_terms; ++row) chunk_terms = std::isfinite(ctx.row_scale(row));
+    const bool stored_terms = chunk_terms && !staged && p.grad != nullptr;
+    if (index_targets) {
+        for (std::int64_t row = 0; row < rows; ++row) {
+            if (ctx.ignored(row)) continue;
+            T logit;
+            ctx.logits.load(row * p.view.outer_stride + p.target_index[row], 1, &logit, &target_slope[row]);
+            target_logit[row] = static_cast<double>(logit);
+        }
+    }
 
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -806,8 +848,13 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
             const T max = row_max(x, count);
             chunk_max[item] = static_cast<double>(max);
             if (one_pass) {
-                chunk_sum[item] = row_sum_exp(x, count, chunk_shift(max),
-                                              next_chunk(ctx.logits, p.view, item, items, chunks));
+                const NextRow next = next_chunk(ctx.logits, p.view, item, items, chunks);
+                if (written_terms) {
+                    T* out = stored_terms ? p.grad + row * classes + first : nullptr;
+                    chunk_sum[item] = row_exps_into(x, out, count, chunk_shift(max), next);
+                } else {
+                    chunk_sum[item] = row_sum_exp(x, count, chunk_shift(max), next);
+                }
             }
         }
 #pragma omp for schedule(static)
@@ -844,9 +891,6 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
                 if (p.save_stats != nullptr) p.save_stats[row] = stats[row];
                 if (index_targets) {
                     const std::int64_t t = p.target_index[row];
-                    T logit;
-                    ctx.logits.load(row * p.view.outer_stride + t, 1, &logit, &target_slope[row]);
-                    target_logit[row] = static_cast<double>(logit);
                     loss = ctx.index_loss(stats[row], target_logit[row], ctx.class_weight(t), dot);
                 } else {
                     loss = -(dot - total[row] * stats[row].log_sum);
@@ -864,11 +908,26 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
                     ctx.grad.zero(offset, count);
                     continue;
                 }
+                const double scale = ctx.row_scale(row);
+                const T coefficient =
+                    chunk_terms ? static_cast<T>(ctx.grad_a(ctx.class_weight(p.target_index[row]), stats[row]) * scale *
+                                                 chunk_factor(stats[row], chunk_max[item]))
+                                : T(0);
+                if (stored_terms) {
+                    T* grad = p.grad + offset;
+                    for (std::int64_t i = 0; i < count; ++i) grad[i] *= coefficient;
+                    continue;
+                }
                 const T* x = ctx.logits.read(row * p.view.outer_stride + first, count, buffer.values, buffer.slope);
                 T* grad = staged ? buffer.values : p.grad + offset;
                 const T* weight = p.weight == nullptr ? nullptr : p.weight + first;
-                const double scale = ctx.row_scale(row);
-                if (index_targets) {
+                if (chunk_terms) {
+                    // The stored terms' gradient, from the terms computed again (a staged call: grad is
+                    // x, each element read before it is written, as omp simd states).
+                    const T shift = chunk_shift(static_cast<T>(chunk_max[item]));
+#pragma omp simd
+                    for (std::int64_t i = 0; i < count; ++i) grad[i] = fast_exp(x[i] - shift) * coefficient;
+                } else if (index_targets) {
                     const double weight_t = ctx.class_weight(p.target_index[row]);
                     write_index_grad(x, weight, grad, count, stats[row], static_cast<T>(ctx.grad_a(weight_t, stats[row])),
                                      static_cast<T>(ctx.grad_b()), static_cast<T>(scale));
