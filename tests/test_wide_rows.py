@@ -115,6 +115,9 @@ def test_whole_chunks_masked_or_nan(dtype):
     np.testing.assert_allclose(
         fx.log_softmax(x, axis=1), ref.log_softmax(x.astype(np.float64), axis=1), **tolerance(dtype)
     )
+    probabilities = fx.softmax(x, axis=1)
+    np.testing.assert_allclose(probabilities, ref.softmax(x.astype(np.float64), axis=1), **tolerance(dtype))
+    assert (probabilities[0, :16384] == 0).all() and np.isnan(probabilities[2:]).all()
     loss, grad = fx.cross_entropy_with_grad(x, target, reduction="none")
     expected = ref.cross_entropy(x.astype(np.float64), target, reduction="none")
     np.testing.assert_allclose(loss, expected, **tolerance(dtype))
@@ -127,9 +130,10 @@ def test_whole_chunks_masked_or_nan(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_chunks_far_below_their_row_max(rng, dtype):
-    """A split row's gradient is taken from each chunk's exponentials against the chunk's own max,
-    scaled to the row's afterwards: a chunk far below the row's max (probabilities near 1e-28) keeps
-    the relative accuracy of every element, in the fused gradient, the loss class's and in place."""
+    """A split row's gradient and softmax are taken from each chunk's exponentials against the
+    chunk's own max, scaled to the row's afterwards: a chunk far below the row's max (probabilities
+    near 1e-28) keeps the relative accuracy of every element, in the fused gradient, the loss
+    class's, in place, and in the softmax."""
     x = rng.standard_normal((3, 70_001)).astype(dtype)
     x[0, 16_384:32_768] -= 60.0  # the second chunk
     x[1, 49_152:] -= 60.0  # the last chunk
@@ -146,3 +150,5 @@ def test_chunks_far_below_their_row_max(rng, dtype):
     in_place = x.copy()
     fx.cross_entropy_with_grad(in_place, target, out=in_place)
     np.testing.assert_array_equal(in_place, grad)
+    probabilities = ref.softmax(x.astype(np.float64), axis=1)
+    np.testing.assert_allclose(fx.softmax(x, axis=1), probabilities, rtol=rtol, atol=0)

@@ -760,30 +760,20 @@ double binary_grad_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std:
 // Note: a split row's stored exponentials. With a gradient, index targets and no smoothing, each
 // chunk's exponentials against its own max m_k (the written ones, fast_exp's) are stored in the
 // gradient while they are summed, and the gradient is then each term times
-// a * scale * exp(m_k - max - log_sum): one multiplication per element instead of a second exponential
-// of every logit against the row's max. Loss and gradient come from one pass of exponentials, as for
-// whole rows; the loss class's backward takes this path too (saved statistics are not used here), so
-// it still gives the fused gradient's bits. A staged call (16-bit logits, a cap) computes the same
-// terms again in its gradient's pass and multiplies them alike, so that a 16-bit call still gives the
-// bits of a float32 call on the same values. The factor is formed in double and rounded once. Where
-// the row's max is not finite, or its sum is NaN, the factor is NaN and so is every element, as with
-// a second exponential. With an infinite or NaN scale the stored terms are not used (an element
-// whose term is 0 against the row's max but not against its chunk's would give inf instead of the
-// NaN of 0 * inf). Measured against the second exponential, paired in one process: the gradient of
-// 4 x 256000 float32 logits in 0.78 of the time on one thread, 0.82-0.84 on two (8 x 131072: 0.80);
-// the loss class's forward and backward in 0.93-0.96. A float16 gradient, whose sums now take the
-// written exponentials too, takes 1.06 of its time.
-
-// exp(m_k - max - log_sum), the factor of the terms of a chunk whose max is m_k (chunk_max) in the
-// gradient (see the Note above). A chunk with no value above -inf was shifted by 0 (chunk_shift):
-// its terms are 0, and stay 0, unless the row's sum is NaN or its max is -inf (then NaN).
-inline double chunk_factor(const RowStats& stats, double chunk_max) {
-    constexpr double infinity = std::numeric_limits<double>::infinity();
-    if (chunk_max == -infinity) {
-        return stats.max == -infinity ? std::numeric_limits<double>::quiet_NaN() : 0.0 * exp_double(-stats.log_sum);
-    }
-    return exp_double((chunk_max - stats.max) - stats.log_sum);
-}
+// a * scale * exp(m_k - max - log_sum) (chunk_factor, row_engine.h): one multiplication per element
+// instead of a second exponential of every logit against the row's max. Loss and gradient come from
+// one pass of exponentials, as for whole rows; the loss class's backward takes this path too (saved
+// statistics are not used here), so it still gives the fused gradient's bits. A staged call (16-bit
+// logits, a cap) computes the same terms again in its gradient's pass and multiplies them alike, so
+// that a 16-bit call still gives the bits of a float32 call on the same values. The factor is formed
+// in double and rounded once. Where the row's max is not finite, or its sum is NaN, the factor is NaN
+// and so is every element, as with a second exponential. With an infinite or NaN scale the stored
+// terms are not used (an element whose term is 0 against the row's max but not against its chunk's
+// would give inf instead of the NaN of 0 * inf). Softmax does the same (softmax.cpp). Measured
+// against the second exponential, paired in one process: the gradient of 4 x 256000 float32 logits
+// in 0.78 of the time on one thread, 0.82-0.84 on two (8 x 131072: 0.80); the loss class's forward
+// and backward in 0.93-0.96. A float16 gradient, whose sums now take the written exponentials too,
+// takes 1.06 of its time.
 
 // Rows cut into chunks (kernels.h, kSplitClasses): each phase (maxima and sums, then sums of logits
 // when needed, then the gradient) runs over every chunk of every row in parallel, and the chunks'

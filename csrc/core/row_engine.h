@@ -91,6 +91,18 @@ inline double split_row_sum(const double* chunk_max, const double* chunk_sum, st
     return sum;
 }
 
+// exp(m_k - max - log_sum), the factor that turns the exponentials of a chunk whose max is m_k
+// (chunk_max), taken against chunk_shift(m_k), into its probabilities (see the Note on a split row's
+// stored exponentials in loss.cpp). A chunk with no value above -inf was shifted by 0 (chunk_shift):
+// its terms are 0, and stay 0, unless the row's sum is NaN or its max is -inf (then NaN).
+inline double chunk_factor(const RowStats& stats, double chunk_max) {
+    constexpr double infinity = std::numeric_limits<double>::infinity();
+    if (chunk_max == -infinity) {
+        return stats.max == -infinity ? std::numeric_limits<double>::quiet_NaN() : 0.0 * exp_double(-stats.log_sum);
+    }
+    return exp_double((chunk_max - stats.max) - stats.log_sum);
+}
+
 // Independent accumulators per loop: two vector registers of the instruction set this file is
 // compiled for (FASTXENT_VECTOR_BYTES, set by CMake), enough to hide the latency of the adds without
 // spilling the exp's constants out of the registers; four for the max, whose loop body is one
