@@ -16,8 +16,8 @@
 //   exp_float:  x in [-87.33, 88]: max error 0.90 ulp (1.18 without FMA, as in the SSE2 build);
 //               x < -87.33 (including -inf) gives +0 (results that would be subnormal are flushed);
 //               NaN gives NaN; x > 88 is clamped to 88.
-//   exp_double: x in [-708.39, 709]: max error 1.0 ulp; x < -708.39 gives +0; NaN gives NaN;
-//               x > 709 is clamped to 709.
+//   exp_double: x in [-708.39, 709]: max error 1.05 ulp (1.02 without FMA); x < -708.39 gives +0;
+//               NaN gives NaN; x > 709 is clamped to 709.
 // The kernels only ever call them with x <= 0 (x - row max), where neither can overflow.
 #pragma once
 
@@ -105,19 +105,21 @@ FASTXENT_MATH double exp_double_clamped(double x) {
     const double n = shifted - magic;
     double r = x - n * ln2_hi;
     r = r - n * ln2_lo;
-    // Taylor series of exp(r) to degree 13: the remainder on |r| <= ln(2)/2 is below 5e-18.
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
+    // Minimax polynomial for (exp(r) - 1 - r) / r^2 on |r| <= ln(2)/2, of degree 9, with the least
+    // largest relative error of exp(r) (3.6e-18; computed by a Remez exchange in 50-digit arithmetic).
+    // It replaced the Taylor series to degree 13 (5e-18), two multiply-adds a value more: paired against
+    // it in one process, float64 losses, gradients and softmaxes took 0.88-0.95 of the time (AVX2, one
+    // thread), 0.85-0.87 with SSE2. Max error 1.05 ulp (1.00 before), 1.02 without FMA (0.98 before).
+    double p = 2.500037449473218e-08;
+    p = p * r + 2.763023125068758e-07;
+    p = p * r + 2.7557585378678426e-06;
+    p = p * r + 2.480149314259166e-05;
+    p = p * r + 1.9841269507695918e-04;
+    p = p * r + 1.388888894359275e-03;
+    p = p * r + 8.333333333493948e-03;
+    p = p * r + 4.166666666653028e-02;
+    p = p * r + 1.6666666666666413e-01;
+    p = p * r + 5.000000000000011e-01;
     const double exp_r = (p * r) * r + r + 1.0;
     return exp_r * bits_to_double(double_to_bits(shifted) << 52);
 }
