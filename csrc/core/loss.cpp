@@ -87,11 +87,38 @@ struct LossContext {
     // loop. Scaled term by term (see the Note on a non-finite scale in row_engine.h): an infinite scale
     // gives NaN here, as in PyTorch.
     double target_grad(const RowStats& stats, double target_logit, std::int64_t t, double scale) const {
+        return target_grad_from(target_probability(stats, target_logit), stats, t, scale);
+    }
+    static double target_probability(const RowStats& stats, double target_logit) {
+        return exp_double((target_logit - stats.max) - stats.log_sum);
+    }
+    double target_grad_from(double p_t, const RowStats& stats, std::int64_t t, double scale) const {
         const double weight_t = class_weight(t);
-        const double p_t = exp_double((target_logit - stats.max) - stats.log_sum);
         return p_t * grad_a(weight_t, stats) * scale - (grad_b_weighted(t) + (1.0 - smoothing) * weight_t) * scale;
     }
 };
+
+// Note: a gradient's rows in groups. An index-target row with a gradient (or with statistics saved
+// for one) needs, besides its passes over the logits, the log of its sum, the inverse of the sum
+// (exp(-log_sum)) and its target's probability: scalar calls, of libm's log among them, that took
+// a quarter of the time of a gradient of 100-class rows. Rows of up to kGroupedClasses classes
+// therefore go in groups (grad_row_group): each row's max and stored exponentials, then the
+// group's logs, inverses and target probabilities in vectorised loops (log_double, exp_double),
+// then each row's gradient from them. A group holds the exponentials of at most kGroupElements
+// logits, so that they are still in cache when scaled. The log of such a row's sum is log_double's
+// (not libm's) in every call that sums these terms, grouped or not (a staged call goes row by row),
+// so that the loss class's backward, and a 16-bit call, still give the fused float32 gradient's
+// bits. Measured against the previous build, paired in one process: the float32 gradient of
+// 32768 x 100 rows in 0.74 of the time (one and two threads), 16384 x 256 in 0.83, 4096 x 1000 and
+// 256 x 1000 in 0.95-0.96.
+constexpr std::int64_t kGroupedClasses = 1024;
+constexpr std::int64_t kGroupRows = 16;
+constexpr std::int64_t kGroupElements = 4096;
+
+// The log of the sum of a row whose exponentials a gradient is made of (see the Note above).
+inline double grad_row_log_sum(double sum, std::int64_t classes) {
+    return classes <= kGroupedClasses ? log_double(sum) : std::log(sum);
+}
 
 // One contiguous row, its gradient (if wanted) to `grad`, which may be `x` itself. Returns its loss
 // (0 for an ignored row). `next`: the next row, prefetched (see row_engine.h), or null.
@@ -122,11 +149,12 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
         const T max = row_max(x, classes);
         const bool smoothed_loss = ctx.smoothing > 0.0 && ctx.needs_loss;
         const double weighted_sum = smoothed_loss ? row_weighted_sum(x, p.weight, classes, max) : 0.0;
-        const RowStats stats{static_cast<double>(max), std::log(row_exps_into(x, grad, classes, max, next))};
+        const RowStats stats{static_cast<double>(max),
+                             grad_row_log_sum(row_exps_into(x, grad, classes, max, next), classes)};
         if (p.save_stats != nullptr) p.save_stats[row] = stats;
         if (ctx.needs_loss) loss = ctx.index_loss(stats, target_logit, weight_t, weighted_sum);
         if (grad != nullptr) {
-            scale_index_grad(p.weight, grad, classes, stats, static_cast<T>(ctx.grad_a(weight_t, stats)),
+            scale_index_grad(p.weight, grad, classes, inverse_sum<T>(stats), static_cast<T>(ctx.grad_a(weight_t, stats)),
                              static_cast<T>(ctx.grad_b()), static_cast<T>(scale));
             grad[t] = static_cast<T>(ctx.target_grad(stats, target_logit, t, scale));
         }
@@ -164,6 +192,91 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
     }
     if (p.row_loss != nullptr) p.row_loss[row] = static_cast<T>(loss);
     return loss;
+}
+
+// Whether the rows of a rows-strategy call go in groups (see the Note on a gradient's rows in groups):
+// loss_row's first case, read in place.
+template <typename T>
+bool grouped_rows(const LossContext<T>& ctx) {
+    const CrossEntropyProblem<T>& p = ctx.problem;
+    return p.target_index != nullptr && p.saved_stats == nullptr && (p.grad != nullptr || p.save_stats != nullptr) &&
+           ctx.classes <= kGroupedClasses && !ctx.logits.staged();
+}
+
+// Rows first .. first + count - 1 (count <= kGroupRows) of a grouped_rows call, as loss_row computes
+// each: their losses added to `total` one by one, in row order, as the rows loop adds loss_row's.
+template <typename T>
+double grad_row_group(const LossContext<T>& ctx, std::int64_t first, std::int64_t count, double total) {
+    const CrossEntropyProblem<T>& p = ctx.problem;
+    const ClassAxisView& view = p.view;
+    const std::int64_t classes = ctx.classes;
+    const bool smoothed_loss = ctx.smoothing > 0.0 && ctx.needs_loss;
+    double max[kGroupRows];
+    double sum[kGroupRows];
+    double target_logit[kGroupRows];
+    double weighted_sum[kGroupRows];
+    for (std::int64_t i = 0; i < count; ++i) {
+        const std::int64_t row = first + i;
+        // An ignored row's statistics are not used; 1 keeps its log finite.
+        max[i] = target_logit[i] = weighted_sum[i] = 0.0;
+        sum[i] = 1.0;
+        if (ctx.ignored(row)) continue;
+        // Everything that reads the logits is done before they may be overwritten (grad may be x).
+        const T* x = p.input + row * view.outer_stride;
+        T* grad = p.grad == nullptr ? nullptr : p.grad + row * classes;
+        target_logit[i] = static_cast<double>(x[p.target_index[row]]);
+        const T row_max_value = row_max(x, classes);
+        max[i] = static_cast<double>(row_max_value);
+        if (smoothed_loss) weighted_sum[i] = row_weighted_sum(x, p.weight, classes, row_max_value);
+        sum[i] = row_exps_into(x, grad, classes, row_max_value, next_row(ctx.logits, view, row));
+    }
+    double log_sum[kGroupRows];
+    double inverse[kGroupRows];
+    double target_p[kGroupRows];
+    for (std::int64_t i = 0; i < count; ++i) log_sum[i] = log_double(sum[i]);
+    for (std::int64_t i = 0; i < count; ++i) {
+        const RowStats stats{max[i], log_sum[i]};
+        inverse[i] = exp_double(-stats.log_sum);
+        target_p[i] = LossContext<T>::target_probability(stats, target_logit[i]);
+    }
+    for (std::int64_t i = 0; i < count; ++i) {
+        const std::int64_t row = first + i;
+        T* grad = p.grad == nullptr ? nullptr : p.grad + row * classes;
+        double loss = 0.0;
+        if (ctx.ignored(row)) {
+            if (grad != nullptr) {
+                for (std::int64_t c = 0; c < classes; ++c) grad[c] = T(0);
+            }
+        } else {
+            const std::int64_t t = p.target_index[row];
+            const double weight_t = ctx.class_weight(t);
+            const RowStats stats{max[i], log_sum[i]};
+            if (p.save_stats != nullptr) p.save_stats[row] = stats;
+            if (ctx.needs_loss) loss = ctx.index_loss(stats, target_logit[i], weight_t, weighted_sum[i]);
+            if (grad != nullptr) {
+                const double scale = ctx.row_scale(row);
+                scale_index_grad(p.weight, grad, classes, static_cast<T>(inverse[i]),
+                                 static_cast<T>(ctx.grad_a(weight_t, stats)), static_cast<T>(ctx.grad_b()),
+                                 static_cast<T>(scale));
+                grad[t] = static_cast<T>(ctx.target_grad_from(target_p[i], stats, t, scale));
+            }
+        }
+        if (p.row_loss != nullptr) p.row_loss[row] = static_cast<T>(loss);
+        total += loss;
+    }
+    return total;
+}
+
+// Rows first .. last - 1 of a grouped_rows call, in groups.
+template <typename T>
+double grouped_grad_rows(const LossContext<T>& ctx, std::int64_t first, std::int64_t last) {
+    const std::int64_t per_group = kGroupElements / ctx.classes;
+    const std::int64_t group = per_group < 1 ? 1 : per_group > kGroupRows ? kGroupRows : per_group;
+    double total = 0.0;
+    for (std::int64_t row = first; row < last; row += group) {
+        total = grad_row_group(ctx, row, last - row < group ? last - row : group, total);
+    }
+    return total;
 }
 
 // Note: logs of whole rows as logs of products. A loss reduced over contiguous rows (the rows strategy)
@@ -1003,6 +1116,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
     const bool binary = binary_rows(ctx);
     const bool few_classes = few_class_rows(ctx);
     const bool plain_rows = plain_whole_rows(ctx);
+    const bool grouped = grouped_rows(ctx);
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (std::int64_t item = 0; item < plan.items; ++item) {
@@ -1011,6 +1125,8 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
         TargetCheck* check = problem.target_checks == nullptr ? nullptr : problem.target_checks + item;
         if (staged) {
             item_sum = loss_item_staged(ctx, plan, range, thread_staging(problem.staging, per_thread, capped), check);
+        } else if (plan.strategy == Strategy::rows && grouped) {
+            item_sum = grouped_grad_rows(ctx, range.first, range.last);
         } else if (plan.strategy == Strategy::rows && plain_rows) {
             item_sum = problem.row_loss == nullptr ? plain_rows_loss(ctx, range.first, range.last)
                                                    : plain_row_losses(ctx, range.first, range.last);

@@ -476,8 +476,8 @@ void scale_softmax(T* out, std::int64_t n, const RowStats& stats) {
 // p_i = e(i) / sum, e(i) = exp(x_i - max) (computed here, or already in grad: scale_index_grad). See
 // the Note on a non-finite scale.
 template <typename T, typename Exp>
-void index_grad_from(Exp e, const T* weight, T* grad, std::int64_t n, const RowStats& stats, T a, T b, T scale) {
-    const T coefficient = a * inverse_sum<T>(stats) * scale;
+void index_grad_from(Exp e, const T* weight, T* grad, std::int64_t n, T inverse, T a, T b, T scale) {
+    const T coefficient = a * inverse * scale;
     const T b_scale = b * scale;
     if (b == T(0)) {
         for (std::int64_t i = 0; i < n; ++i) grad[i] = e(i) * coefficient;
@@ -492,7 +492,8 @@ template <typename T>
 void write_index_grad(const T* x, const T* weight, T* grad, std::int64_t n, const RowStats& stats,
                       T a, T b, T scale) {
     const T max = static_cast<T>(stats.max);
-    index_grad_from([x, max](std::int64_t i) { return fast_exp(x[i] - max); }, weight, grad, n, stats, a, b, scale);
+    index_grad_from([x, max](std::int64_t i) { return fast_exp(x[i] - max); }, weight, grad, n, inverse_sum<T>(stats), a,
+                    b, scale);
 }
 
 // Note: the gradient's exponentials, computed once. A row's gradient needs e_i = exp(x_i - max) for
@@ -510,8 +511,8 @@ double row_exps_into(const T* x, T* out, std::int64_t n, T shift, NextRow next) 
 
 // write_index_grad on the e_i that row_exps_into left in grad.
 template <typename T>
-void scale_index_grad(const T* weight, T* grad, std::int64_t n, const RowStats& stats, T a, T b, T scale) {
-    index_grad_from([grad](std::int64_t i) { return grad[i]; }, weight, grad, n, stats, a, b, scale);
+void scale_index_grad(const T* weight, T* grad, std::int64_t n, T inverse, T a, T b, T scale) {
+    index_grad_from([grad](std::int64_t i) { return grad[i]; }, weight, grad, n, inverse, a, b, scale);
 }
 
 // grad_i = scale * (p_i * U - u_i): the probability-target gradient (see the Note on a non-finite
