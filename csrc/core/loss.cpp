@@ -154,8 +154,9 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
         if (p.save_stats != nullptr) p.save_stats[row] = stats;
         if (ctx.needs_loss) loss = ctx.index_loss(stats, target_logit, weight_t, weighted_sum);
         if (grad != nullptr) {
-            scale_index_grad(p.weight, grad, classes, inverse_sum<T>(stats), static_cast<T>(ctx.grad_a(weight_t, stats)),
-                             static_cast<T>(ctx.grad_b()), static_cast<T>(scale));
+            scale_index_grad(p.weight, grad, classes, inverse_sum<T>(stats),
+                             static_cast<T>(ctx.grad_a(weight_t, stats)), static_cast<T>(ctx.grad_b()),
+                             static_cast<T>(scale));
             grad[t] = static_cast<T>(ctx.target_grad(stats, target_logit, t, scale));
         }
         if (p.row_loss != nullptr) p.row_loss[row] = static_cast<T>(loss);

@@ -492,8 +492,8 @@ template <typename T>
 void write_index_grad(const T* x, const T* weight, T* grad, std::int64_t n, const RowStats& stats,
                       T a, T b, T scale) {
     const T max = static_cast<T>(stats.max);
-    index_grad_from([x, max](std::int64_t i) { return fast_exp(x[i] - max); }, weight, grad, n, inverse_sum<T>(stats), a,
-                    b, scale);
+    index_grad_from([x, max](std::int64_t i) { return fast_exp(x[i] - max); }, weight, grad, n,
+                    inverse_sum<T>(stats), a, b, scale);
 }
 
 // Note: the gradient's exponentials, computed once. A row's gradient needs e_i = exp(x_i - max) for
