@@ -451,14 +451,7 @@ T inverse_sum(const RowStats& stats) {
     return static_cast<T>(exp_double(-stats.log_sum));
 }
 
-template <typename T>
-void write_softmax(const T* x, T* out, std::int64_t n, const RowStats& stats) {
-    const T max = static_cast<T>(stats.max);
-    const T inverse = inverse_sum<T>(stats);
-    for (std::int64_t i = 0; i < n; ++i) out[i] = fast_exp(x[i] - max) * inverse;
-}
-
-// write_softmax on the exponentials that row_exps_into left in out.
+// The softmax of a row from the exponentials that row_exps_into left in out.
 template <typename T>
 void scale_softmax(T* out, std::int64_t n, const RowStats& stats) {
     const T inverse = inverse_sum<T>(stats);
