@@ -124,6 +124,32 @@ def test_masked_logits(rng, reduction, label_smoothing, dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("classes", [2, 10, 40, 300, 70000])
+def test_probabilities_below_the_smallest_normal_number(dtype, classes):
+    """A probability exp(x - max) / sum just below the smallest normal number comes out as its
+    subnormal value (as in PyTorch), not 0, in softmax and in the gradient; one far below it is 0."""
+    tiny = np.finfo(dtype).smallest_normal
+    step = np.finfo(dtype).smallest_subnormal
+    far = -100.0 if dtype == np.float32 else -750.0
+    for d in np.log(tiny) + np.array([-0.15, -0.1, -0.01]):
+        x = np.full((3, classes), -np.inf, dtype=dtype)
+        x[:, 0] = 0.0
+        x[:, 1] = d
+        if classes > 2:
+            x[:, 2] = far
+        expected = np.exp(np.float64(x[0, 1])) / (1.0 + np.exp(np.float64(x[0, 1])))
+        assert 0 < expected < tiny
+        target = np.zeros(3, dtype=np.int64)
+        probabilities = fx.softmax(x, axis=1)
+        gradients = [grad for _, _, grad in every_way(x, target, reduction="sum")]
+        for got in [probabilities] + gradients:
+            assert np.all(np.abs(got[:, 1].astype(np.float64) - expected) <= 4 * step), (d, got[:, 1])
+            assert np.all(got[:, 1] > 0)
+            if classes > 2:
+                assert np.all(got[:, 2] == 0)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_masked_target_gives_infinite_loss(dtype):
     x = np.array([[0.0, -np.inf, 1.0], [0.0, 1.0, 2.0]], dtype=dtype)
     loss = fx.cross_entropy(x, np.array([1, 2]), reduction="none")

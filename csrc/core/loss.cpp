@@ -614,7 +614,7 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
         write_grad([grad, grad_stride](std::int64_t c, std::int64_t l) { return grad[c * grad_stride + l]; });
     } else {
         const T* max = tile.max;
-        write_grad([x, stride, max](std::int64_t c, std::int64_t l) { return fast_exp(x[c * stride + l] - max[l]); });
+        write_grad([x, stride, max](std::int64_t c, std::int64_t l) { return fast_exp(x[c * stride + l], max[l]); });
     }
     if (index_targets) {
         // The target's own gradient in double (see LossContext::target_grad), then scattered.
@@ -674,7 +674,7 @@ template <typename T>
 // row losses (reduction none, a log per row) in 0.81 and 0.69.
 //
 // The gradient too (binary_grad_tile): loss_tile's with its exponentials stored in the gradient
-// (the terms fast_exp(x - max), their sum's log, its inverse and the target's p_t in double), with
+// (the terms fast_exp(x, max), their sum's log, its inverse and the target's p_t in double), with
 // the same operations in the same order, and the target's gradient from the same out-of-line code
 // (tile_target_grads), so the fused gradient is still the same to the last bit as the loss class's
 // backward from saved statistics (which takes loss_tile). It runs in a few short passes, not one:
@@ -830,8 +830,8 @@ double binary_grad_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std:
         const T first = x[2 * l];
         const T second = x[2 * l + 1];
         const T row_max = second > first ? second : first;
-        const T term0 = fast_exp(first - row_max);
-        const T term1 = fast_exp(second - row_max);
+        const T term0 = fast_exp(first, row_max);
+        const T term1 = fast_exp(second, row_max);
         T row_sum = T(0);
         row_sum += term0;
         row_sum += term1;
@@ -1030,7 +1030,7 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
                     // x, each element read before it is written, as omp simd states).
                     const T shift = chunk_shift(static_cast<T>(chunk_max[item]));
 #pragma omp simd
-                    for (std::int64_t i = 0; i < count; ++i) grad[i] = fast_exp(x[i] - shift) * coefficient;
+                    for (std::int64_t i = 0; i < count; ++i) grad[i] = fast_exp(x[i], shift) * coefficient;
                 } else if (index_targets) {
                     const double weight_t = ctx.class_weight(p.target_index[row]);
                     write_index_grad(x, weight, grad, count, stats[row], static_cast<T>(ctx.grad_a(weight_t, stats[row])),

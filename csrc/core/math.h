@@ -18,7 +18,9 @@
 //               NaN gives NaN; x > 88 is clamped to 88.
 //   exp_double: x in [-708.39, 709]: max error 1.05 ulp (1.02 without FMA); x < -708.39 gives +0;
 //               NaN gives NaN; x > 709 is clamped to 709.
-// The kernels only ever call them with x <= 0 (x - row max), where neither can overflow.
+// The kernels only ever call them with x <= 0 (x - row max), where neither can overflow. The
+// exponentials the kernels write out (fast_exp) differ from them below log(FLT_MIN) and log(DBL_MIN),
+// where they give the subnormal results (see the Note on exponentials written out).
 #pragma once
 
 #include <cstdint>
@@ -237,14 +239,28 @@ FASTXENT_MATH float exp_float_in_sum(float d, float lowest) {
     return p * bits_to_float(float_to_bits(shifted) << 23);
 }
 
-// Note: exponentials written out. Every one the kernels write (a softmax, a gradient) is exp(x - max),
-// whose argument is <= 0 or NaN: the upper clamp of exp_float (and exp_double) is not needed there,
-// and leaving it out saves an instruction of about twenty per vector. Same results as exp_float and
-// exp_double on that domain.
-FASTXENT_MATH float fast_exp(float x) {
-    const float clamped = x < kExpFloatLowest ? kExpFloatLowest : x;
-    const float result = exp_float_clamped(clamped);
-    return x < kExpFloatLowest ? 0.0f : result;
+// Note: exponentials written out. Every one the kernels write (a softmax, a gradient) is exp(x -
+// shift), with shift the row's max (or a chunk's), so the argument is <= 0 or NaN: the upper clamp
+// of exp_float (and exp_double) is not needed there. Below, the argument is clamped to
+// kExpWrittenFloatLowest (kExpWrittenDoubleLowest), where n = -127 (-1023): the bits of 2^n are
+// then all 0, and so is the result, without the final select of exp_float (a compare and a mask).
+// The bound is written `shift * 0 + bound`, as for the sums (see the Note on the lower clamp of a
+// sum's exponential below): a constant one let GCC turn the clamp back into that compare and mask.
+// So each vector takes one instruction fewer. Paired against the select in one process (AVX2):
+// float32 softmax of 4096 x 1000 in 0.94 of the time (one and two threads), gradients 0.97-0.99;
+// float64 gradients and softmax 0.91-0.97. Results are exp_float's (exp_double's) for x - shift >=
+// log(FLT_MIN) (log(DBL_MIN)), and +0 below kExpWritten*Lowest and for -inf; in between, 2^n times
+// the polynomial, rounded once: the subnormal result (or 0, where n = -127), where exp_float gives
+// 0. With an infinite shift the bound is NaN and nothing is clamped: the terms are then NaN, as is
+// the row's sum (a row whose max is +inf has a term inf - inf, one whose max is -inf has no logit
+// but -inf and NaN; a chunk of -inf logits is shifted by 0, chunk_shift).
+constexpr float kExpWrittenFloatLowest = -88.0f;    // x * log2(e) rounds to n = -127
+constexpr double kExpWrittenDoubleLowest = -709.0;  // n = -1023
+
+FASTXENT_MATH float fast_exp(float x, float shift) {
+    const float d = x - shift;
+    const float lowest = shift * 0.0f + kExpWrittenFloatLowest;
+    return exp_float_clamped(d < lowest ? lowest : d);
 }
 
 // exp(x - shift) as a term of a sum (see the Notes above); x - shift <= 0 or NaN.
@@ -262,10 +278,10 @@ FASTXENT_MATH float exp_in_sum(float x, float shift) {
 FASTXENT_MATH double exp_in_sum(double x, double shift) {
     return exp_double_in_sum(x - shift, shift * 0.0 + kExpDoubleLowest);
 }
-FASTXENT_MATH double fast_exp(double x) {
-    const double clamped = x < kExpDoubleLowest ? kExpDoubleLowest : x;
-    const double result = exp_double_clamped(clamped);
-    return x < kExpDoubleLowest ? 0.0 : result;
+FASTXENT_MATH double fast_exp(double x, double shift) {
+    const double d = x - shift;
+    const double lowest = shift * 0.0 + kExpWrittenDoubleLowest;
+    return exp_double_clamped(d < lowest ? lowest : d);
 }
 
 }  // namespace

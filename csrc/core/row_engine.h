@@ -309,7 +309,7 @@ double row_sum_terms(const T* x, T* out, std::int64_t n, T shift, NextRow next) 
                 // See the Note on the loop of stored exponentials.
 #pragma omp simd
                 for (int j = 0; j < L; ++j) {
-                    const T e = fast_exp(x[first + j] - shift);
+                    const T e = fast_exp(x[first + j], shift);
                     out[first + j] = e;
                     acc[j] += e;
                 }
@@ -318,7 +318,7 @@ double row_sum_terms(const T* x, T* out, std::int64_t n, T shift, NextRow next) 
                     if constexpr (terms == SumTerms::in_sum) {
                         acc[j] += exp_in_sum(x[first + j], shift);
                     } else {
-                        acc[j] += fast_exp(x[first + j] - shift);
+                        acc[j] += fast_exp(x[first + j], shift);
                     }
                 }
             }
@@ -333,7 +333,7 @@ double row_sum_terms(const T* x, T* out, std::int64_t n, T shift, NextRow next) 
                 if constexpr (terms == SumTerms::in_sum) {
                     e[j] = exp_in_sum(last[j], shift);
                 } else {
-                    e[j] = fast_exp(last[j] - shift);
+                    e[j] = fast_exp(last[j], shift);
                 }
                 acc[j] += j >= skip ? e[j] : T(0);
             }
@@ -346,7 +346,7 @@ double row_sum_terms(const T* x, T* out, std::int64_t n, T shift, NextRow next) 
             if constexpr (terms == SumTerms::in_sum) {
                 acc[0] += exp_in_sum(x[i], shift);
             } else {
-                const T e = fast_exp(x[i] - shift);
+                const T e = fast_exp(x[i], shift);
                 if constexpr (terms == SumTerms::written_and_stored) out[i] = e;
                 acc[0] += e;
             }
@@ -485,7 +485,7 @@ template <typename T>
 void write_index_grad(const T* x, const T* weight, T* grad, std::int64_t n, const RowStats& stats,
                       T a, T b, T scale) {
     const T max = static_cast<T>(stats.max);
-    index_grad_from([x, max](std::int64_t i) { return fast_exp(x[i] - max); }, weight, grad, n,
+    index_grad_from([x, max](std::int64_t i) { return fast_exp(x[i], max); }, weight, grad, n,
                     inverse_sum<T>(stats), a, b, scale);
 }
 
@@ -515,7 +515,7 @@ void write_probability_grad(const T* x, const T* y, const ProbabilityWeights<T>&
                             std::int64_t n, const RowStats& stats, T total, T scale) {
     const T max = static_cast<T>(stats.max);
     const T coefficient = total * inverse_sum<T>(stats) * scale;
-    for (std::int64_t i = 0; i < n; ++i) grad[i] = fast_exp(x[i] - max) * coefficient - u.at(y, i) * scale;
+    for (std::int64_t i = 0; i < n; ++i) grad[i] = fast_exp(x[i], max) * coefficient - u.at(y, i) * scale;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -602,7 +602,7 @@ void tile_sum_exp_lanes(const T* x, std::int64_t stride, T* out, std::int64_t ou
                 T* out_row = terms == SumTerms::written_and_stored ? out + c * out_stride : nullptr;
 #pragma omp simd
                 for (int j = 0; j < B; ++j) {
-                    const T e = fast_exp(row[j] - shift[j]);
+                    const T e = fast_exp(row[j], shift[j]);
                     if constexpr (terms == SumTerms::written_and_stored) out_row[j] = e;
                     acc[j] += e;
                 }

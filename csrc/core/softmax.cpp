@@ -145,7 +145,7 @@ void softmax_tile(SoftmaxOp op, const T* x, std::int64_t stride, std::int64_t cl
         if (op == SoftmaxOp::log_softmax) {
             for (std::int64_t l = 0; l < lanes; ++l) out_row[l] = (in_row[l] - tile.max[l]) - log_sum[l];
         } else {
-            for (std::int64_t l = 0; l < lanes; ++l) out_row[l] = fast_exp(in_row[l] - tile.max[l]) * scale[l];
+            for (std::int64_t l = 0; l < lanes; ++l) out_row[l] = fast_exp(in_row[l], tile.max[l]) * scale[l];
         }
     }
 }
@@ -288,7 +288,7 @@ void softmax_split(const SoftmaxProblem<T>& problem, const Logits<T>& logits, co
                     const T shift = chunk_shift(static_cast<T>(chunk_max[item]));
                     T* out = buffer;
 #pragma omp simd
-                    for (std::int64_t i = 0; i < count; ++i) out[i] = fast_exp(x[i] - shift) * factor;
+                    for (std::int64_t i = 0; i < count; ++i) out[i] = fast_exp(x[i], shift) * factor;
                     output.store(offset, out, nullptr, count);
                     continue;
                 }
