@@ -438,6 +438,15 @@ FASTXENT_MATH void check_tile_targets(const CrossEntropyProblem<T>& p, std::int6
     if (check->first_invalid >= 0) check->first_invalid += row0;
 }
 
+// tile_target_classes of rows row0 .. row0 + lanes - 1, and their check into `check` when not null
+// (its first invalid one as a flat row), as check_tile_targets's. Forced inline, as that.
+template <typename T, typename I>
+FASTXENT_MATH void tile_targets(const CrossEntropyProblem<T>& p, std::int64_t classes, std::int64_t row0,
+                                std::int64_t lanes, I* target_class, double* kept, TargetCheck* check) {
+    tile_target_classes(p.target_index + row0, lanes, classes, p.ignore_index, target_class, kept, check);
+    if (check != nullptr && check->first_invalid >= 0) check->first_invalid += row0;
+}
+
 // A tile of `lanes` consecutive rows starting at `row0`: class c of lane l at x[c * stride + l], its
 // probability target at y[c * y_stride + l], its gradient at grad[c * grad_stride + l]. Returns the
 // sum of the tile's losses, added in a fixed order. Per-lane work is done in arrays so that it vectorises
@@ -500,9 +509,8 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     const bool smoothed_loss = index_targets && smoothing > 0.0 && ctx.needs_loss;
     if (index_targets) {
         // See the Note on index targets of a tile (row_engine.h).
-        const std::int64_t* targets = p.target_index + row0;
         std::int64_t target_class[kTileLanes];
-        tile_target_classes(targets, lanes, classes, p.ignore_index, target_class, kept);
+        tile_target_classes(p.target_index + row0, lanes, classes, p.ignore_index, target_class, kept);
         check_tile_targets(p, classes, row0, lanes, check);
         if (max_with_targets) {
             std::int32_t small_class[kTileLanes];
@@ -787,12 +795,10 @@ double binary_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int6
 template <typename T, bool kRowLosses>
 double few_class_tile(const CrossEntropyProblem<T>& p, const T* tile, std::int64_t classes, std::int64_t row0,
                       std::int64_t lanes, const TilePrefetch<T>& prefetch, TargetCheck* check) {
-    const std::int64_t* targets = p.target_index + row0;
     prefetch_next_targets(p, row0, lanes);
-    check_tile_targets(p, classes, row0, lanes, check);
     std::int32_t target_class[kTileLanes];
     double kept[kTileLanes];
-    tile_target_classes(targets, lanes, classes, p.ignore_index, target_class, kept);
+    tile_targets(p, classes, row0, lanes, target_class, kept, check);
     TileStats<T> stats;
     T logit[kTileLanes];
     tile_max_and_target_logits(tile, kTileLanes, classes, lanes, target_class, stats.max, logit);
