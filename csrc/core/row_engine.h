@@ -797,10 +797,6 @@ inline double ordered_sum(const double* values, std::int64_t n) {
     return fold_sum(acc);
 }
 
-// The check of a run of index targets (TargetCheck; its first invalid one relative to `target`):
-// counts without branches, so that the loop vectorises; the position of the first invalid target is
-// searched for only in a run that has one. Blocks of check_targets (target_check.cpp) and the tiles
-// of a loss that checks its own targets (CrossEntropyProblem::target_checks).
 // The position of the first invalid target of a run (one that is neither in [0, classes) nor
 // ignore_index), or -1 for none.
 inline std::int64_t first_invalid_target(const std::int64_t* target, std::int64_t count, std::int64_t classes,
@@ -812,6 +808,10 @@ inline std::int64_t first_invalid_target(const std::int64_t* target, std::int64_
     return -1;
 }
 
+// The check of a run of index targets (TargetCheck; its first invalid one relative to `target`):
+// counts without branches, so that the loop vectorises; the position of the first invalid target is
+// searched for only in a run that has one. Blocks of check_targets (target_check.cpp) and the tiles
+// of a loss that checks its own targets (CrossEntropyProblem::target_checks).
 inline TargetCheck check_target_block(const std::int64_t* target, std::int64_t count, std::int64_t classes,
                                       std::int64_t ignore_index) {
     const std::uint64_t limit = static_cast<std::uint64_t>(classes);
