@@ -232,12 +232,12 @@ double grad_row_group(const LossContext<T>& ctx, std::int64_t first, std::int64_
         sum[i] = row_exps_into(x, grad, classes, row_max_value, next_row(ctx.logits, view, row));
     }
     double log_sum[kGroupRows];
-    double inverse[kGroupRows];
+    T inverse[kGroupRows];
     double target_p[kGroupRows];
     for (std::int64_t i = 0; i < count; ++i) log_sum[i] = log_double(sum[i]);
     for (std::int64_t i = 0; i < count; ++i) {
         const RowStats stats{max[i], log_sum[i]};
-        inverse[i] = exp_double(-stats.log_sum);
+        inverse[i] = inverse_sum<T>(stats);
         target_p[i] = LossContext<T>::target_probability(stats, target_logit[i]);
     }
     for (std::int64_t i = 0; i < count; ++i) {
@@ -256,7 +256,7 @@ double grad_row_group(const LossContext<T>& ctx, std::int64_t first, std::int64_
             if (ctx.needs_loss) loss = ctx.index_loss(stats, target_logit[i], weight_t, weighted_sum[i]);
             if (grad != nullptr) {
                 const double scale = ctx.row_scale(row);
-                scale_index_grad(p.weight, grad, classes, static_cast<T>(inverse[i]),
+                scale_index_grad(p.weight, grad, classes, inverse[i],
                                  static_cast<T>(ctx.grad_a(weight_t, stats)), static_cast<T>(ctx.grad_b()),
                                  static_cast<T>(scale));
                 grad[t] = static_cast<T>(ctx.target_grad_from(target_p[i], stats, t, scale));
