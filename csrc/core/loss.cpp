@@ -1186,7 +1186,10 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             item_sum = loss_tile(ctx, tile_in, kTileLanes, tile_target, kTileLanes,
                                  problem.grad == nullptr ? nullptr : tile_grad, kTileLanes, first, lanes,
                                  next_tile(problem.input, plan, view, item), check);
-            if (problem.grad != nullptr) transpose_from_tile(tile_grad, classes, lanes, problem.grad + first * classes);
+            if (problem.grad != nullptr) {
+                transpose_from_tile(tile_grad, classes, lanes, problem.grad + first * classes,
+                                    next_tile_rows(problem.grad, first, classes, view.rows()));
+            }
         }
         if (problem.partial_sums != nullptr) problem.partial_sums[item] = item_sum;
     }

@@ -405,7 +405,8 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
                 softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, problem.output + first, 0, true, prefetch);
             } else {
                 softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, tile_out, kTileLanes, true, prefetch);
-                transpose_from_tile(tile_out, classes, lanes, problem.output + first * classes);
+                transpose_from_tile(tile_out, classes, lanes, problem.output + first * classes,
+                                    next_tile_rows(problem.output, first, classes, view.rows()));
             }
         }
     }
