@@ -337,6 +337,27 @@ def test_tiles_of_small_class_counts(rng, num_rows):
         check_grad("cross_entropy_with_grad", x, target, reduction="mean", grad_output=1.0, rows=num_rows)
 
 
+@pytest.mark.parametrize("out", ["new", "out", "in-place"])
+@pytest.mark.parametrize("num_classes", [7, 50])
+def test_tiles_of_a_large_gradient(rng, num_classes, out):
+    """A gradient of small rows of 8 MiB or more is written tile by tile while the next tile's rows
+    are prefetched: every row against the reference, the last tile a partial one, the gradient in a
+    new array, in ``out``, and over the logits themselves."""
+    num_rows = (8 << 20) // (4 * num_classes) + 37
+    layout = Layout((num_rows, num_classes), None)
+    x = make_logits(rng, layout.shape, np.float32)
+    target = make_index_target(rng, layout, Options(ignore_some_rows=True))
+    expected = ref.cross_entropy_grad(upcast(x), target)
+    if out == "new":
+        grad = fx.cross_entropy_grad(x, target)
+    else:
+        buffer = np.full_like(x, np.nan) if out == "out" else x
+        grad = fx.cross_entropy_grad(x, target, out=buffer)
+        assert grad is buffer
+    assert grad.nbytes >= 8 << 20
+    assert_close(grad, expected, np.float32)
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
 @pytest.mark.parametrize(

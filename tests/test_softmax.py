@@ -58,6 +58,17 @@ def test_class_counts(rng, function, num_classes, dtype):
     check(function, make_logits(rng, (3, num_classes, 4), dtype), 1)
 
 
+@pytest.mark.parametrize("num_classes", [7, 50])
+@pytest.mark.parametrize("function", ELEMENTWISE)
+def test_tiles_of_a_large_result(rng, function, num_classes):
+    """Small rows whose result is 8 MiB or more: each tile's rows are written while the next tile's
+    are prefetched; every row against the reference, the last tile a partial one."""
+    num_rows = (8 << 20) // (4 * num_classes) + 37
+    x = make_logits(rng, (num_rows, num_classes), np.float32)
+    got = check(function, x, 1)
+    assert got.nbytes >= 8 << 20
+
+
 @pytest.mark.parametrize("rows_kind", ["contiguous", "columns_sliced", "every_other_row"])
 @pytest.mark.parametrize("num_rows", [7, 127, 128, 129, 300])
 @pytest.mark.parametrize("function", ELEMENTWISE)
