@@ -202,11 +202,14 @@ T row_max(const T* x, std::int64_t n) {
 // inside it leaves the SSE2 loop scalar.
 constexpr std::int64_t kPrefetchPart = 256;
 
-template <typename T>
+// Elements [first, last) of `next`, a cache line at a time: for reading into every level (the
+// defaults), or with __builtin_prefetch's `write` and `locality` (see the Note on prefetching a
+// tile's result rows).
+template <int write = 0, int locality = 3, typename T>
 inline void prefetch_range(const T* next, std::int64_t first, std::int64_t last) {
 #if defined(__GNUC__)
     constexpr std::int64_t per_line = 64 / static_cast<std::int64_t>(sizeof(T));
-    for (std::int64_t k = first; k < last; k += per_line) __builtin_prefetch(next + k);
+    for (std::int64_t k = first; k < last; k += per_line) __builtin_prefetch(next + k, write, locality);
 #else
     (void)next;
     (void)first;
@@ -1124,10 +1127,9 @@ inline std::int64_t transpose_from_tile_blocks(const float* tile, std::int64_t c
     const std::int64_t count = classes < B ? classes : B;  // class vectors loaded per chunk
     return for_each_transpose_block(classes, classes, lanes, [&](std::int64_t l, std::int64_t c) {
         if (prefetch_next != nullptr && c == 0) {
-            // The next tile's rows l .. l + B - 1 (see the Note on prefetching a tile's result rows).
-            constexpr std::int64_t per_line = 64 / static_cast<std::int64_t>(sizeof(float));
-            const float* next = prefetch_next + l * classes;
-            for (std::int64_t k = 0; k < B * classes; k += per_line) __builtin_prefetch(next + k, 1, 2);
+            // The next tile's rows l .. l + B - 1, into L2 for writing (see the Note on prefetching a
+            // tile's result rows).
+            prefetch_range<1, 2>(prefetch_next + l * classes, 0, B * classes);
         }
         TransposeVector v[B];
 #pragma GCC unroll 8
