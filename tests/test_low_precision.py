@@ -22,11 +22,13 @@ def _dtype(name):
 
 
 DTYPES = ["float16", "bfloat16"]
-# (shape, class axis): rows, few classes (transposed tiles), class axis not last (tiles), and few
-# rows of many classes (rows split into chunks).
+# (shape, class axis): rows, few classes (transposed tiles, of fewer classes than a transpose block
+# and of several blocks with a partial last tile), class axis not last (tiles), and few rows of many
+# classes (rows split into chunks).
 LAYOUTS = [
     ((37, 300), 1),
     ((300, 7), 1),
+    ((200, 50), 1),
     ((5, 9, 6, 4), 1),
     ((3, 70000), 1),
     ((4, 11, 130), -1),
@@ -221,6 +223,34 @@ def test_cross_entropy_is_float32_rounded_once(rng, name, shape, axis, options):
         np.testing.assert_allclose(
             grad.astype(np.float64), expected_grad, rtol=RTOL[name], atol=ATOL[name] + 1e-6 * scale
         )
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("classes", [3, 10, 50])
+@pytest.mark.parametrize("softcap", [None, 4.0])
+def test_transposed_tiles_of_rows_of_a_wider_array(rng, name, classes, softcap):
+    """Rows read through transposed tiles whose rows are not contiguous (the first columns of a wider
+    array): the float32 results on the same values, rounded once."""
+    dtype = _dtype(name)
+    wide = _logits(rng, (300, classes + 5), dtype)
+    x = wide[:, :classes]
+    x32 = x.astype(np.float32)
+    target = rng.integers(0, classes, 300)
+    target[::9] = -100
+    row_loss, grad = fx.cross_entropy_with_grad(x, target, reduction="none", softcap=softcap)
+    row_loss32, grad32 = fx.cross_entropy_with_grad(x32, target, reduction="none", softcap=softcap)
+    _same(row_loss, row_loss32.astype(dtype))
+    _same(grad, grad32.astype(dtype))
+    for op in ("log_softmax", "softmax"):
+        f = getattr(fx, op)
+        _same(f(x, axis=1), f(x32, axis=1).astype(dtype))
+    if softcap is not None:
+        return  # the float32 soft cap against float64: test_softcap.py
+    expected_loss, expected_grad = ref.cross_entropy_with_grad(x.astype(np.float64), target, reduction="none")
+    _near(row_loss, expected_loss, name)
+    np.testing.assert_allclose(
+        grad.astype(np.float64), expected_grad, rtol=RTOL[name], atol=ATOL[name] + 1e-6 * np.abs(expected_grad).max()
+    )
 
 
 @pytest.mark.parametrize("name", DTYPES)
