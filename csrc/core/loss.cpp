@@ -293,15 +293,22 @@ double grouped_grad_rows(const LossContext<T>& ctx, std::int64_t first, std::int
 // 32768 x 100 in 0.72, 20971 x 200 in 0.81, 4096 x 1000 in 0.94; float64 32768 x 100 in 0.90.
 constexpr int kProductRows = 32;  // a product of 32 sums of at most 2^24 each stays below 2^768
 
+// The options of plain_index_rows, whether the logits are read in place or staged (16-bit logits,
+// see the Note on staged tiles of plain rows): no cap, class indices, no class weights, smoothing or
+// z-loss, and no statistics saved or used.
+template <typename T>
+bool plain_index_options(const LossContext<T>& ctx) {
+    const CrossEntropyProblem<T>& p = ctx.problem;
+    return p.view.inner == 1 && p.softcap == 0.0 && p.target_index != nullptr && p.weight == nullptr &&
+           p.label_smoothing == 0.0 && p.z_loss == 0.0 && p.save_stats == nullptr && p.saved_stats == nullptr;
+}
+
 // Rows read in place (not staged), class indices, no class weights, smoothing, z-loss or cap, and no
 // statistics saved or used: the rows of binary_tile, few_class_tile and (without a gradient) the
 // plain whole-row losses.
 template <typename T>
 bool plain_index_rows(const LossContext<T>& ctx) {
-    const CrossEntropyProblem<T>& p = ctx.problem;
-    return p.view.inner == 1 && !ctx.logits.staged() && p.softcap == 0.0 && p.target_index != nullptr &&
-           p.weight == nullptr && p.label_smoothing == 0.0 && p.z_loss == 0.0 && p.grad_half == nullptr &&
-           p.save_stats == nullptr && p.saved_stats == nullptr;
+    return plain_index_options(ctx) && !ctx.logits.staged() && ctx.problem.grad_half == nullptr;
 }
 
 // Whether the rows of a rows-strategy problem take plain_rows_loss (or plain_row_losses).
@@ -701,6 +708,21 @@ template <typename T>
 // against loss_tile in the same process: the 1048576 x 10 mean in 0.92-0.95 of its time (one and two
 // threads), 1048576 x 4 in 0.91, the row losses (reduction none) in 0.95-0.98.
 
+// Note: staged tiles of plain rows. 16-bit logits are staged (converted to float in the thread's
+// buffer, staging.h), and their tiles took loss_tile even where the options are plain_index_rows'
+// (default options, class indices), for which binary_tile, binary_grad_tile and few_class_tile
+// exist: those need nothing but the tile's values. So a staged tile with those options takes them
+// too: two contiguous classes are converted into the staging buffer as rows and take binary_tile,
+// or binary_grad_tile with a gradient (made over the buffer and stored from there, rounded once to
+// the gradient's dtype); up to kSmallClasses classes without a gradient take few_class_tile on the
+// transposed tile. Their results are loss_tile's to the last bit (see the Note above), so a 16-bit
+// call still gives the bits of a float32 call on the same values; the two-class log_softmax does
+// the same (softmax.cpp). Measured against the previous build, paired in one process, float16:
+// 1048576 x 2 mean in 0.47 of the time on two threads (0.59 on one), gradient 0.54 (0.76),
+// log_softmax 0.48 (0.64), row losses 0.81 (half of what remains is NumPy's cast of the float32
+// row losses to float16); 1048576 x 10 mean 0.88 (0.90), row losses 0.94; 65536 x 20 mean 0.91;
+// bfloat16 alike.
+
 template <typename T>
 bool binary_rows(const LossContext<T>& ctx) {
     return ctx.classes == 2 && ctx.problem.view.outer_stride == 2 && plain_index_rows(ctx);
@@ -761,11 +783,12 @@ BinaryTargets binary_targets(const CrossEntropyProblem<T>& p, std::int64_t row0,
     return BinaryTargets{p.ignore_index != 0, p.ignore_index != 1};
 }
 
-// Rows row0 .. row0 + lanes - 1 (lanes <= kTileLanes) of a binary_rows problem: the sum of their
-// losses, and with kRowLosses the row losses themselves; `check` as loss_tile's.
+// Rows row0 .. row0 + lanes - 1 (lanes <= kTileLanes) of a binary_rows problem, whose logits are at x
+// (row row0's): the sum of their losses, and with kRowLosses the row losses themselves; `check` as
+// loss_tile's.
 template <typename T, bool kRowLosses>
-double binary_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int64_t lanes, TargetCheck* check) {
-    const T* x = p.input + row0 * 2;
+double binary_tile(const CrossEntropyProblem<T>& p, const T* x, std::int64_t row0, std::int64_t lanes,
+                   TargetCheck* check) {
     const BinaryTargets kept_classes = binary_targets(p, row0, lanes, check);
     const std::int64_t* targets = p.target_index + row0;
     T* row_losses = kRowLosses ? p.row_loss + row0 : nullptr;
@@ -813,11 +836,12 @@ double few_class_tile(const CrossEntropyProblem<T>& p, const T* tile, std::int64
     return plain_tile_loss<kRowLosses>(loss, factor, lanes);
 }
 
-// Rows row0 .. row0 + lanes - 1 (lanes <= kTileLanes) of a binary_rows problem with a gradient:
-// their gradient, their row losses if asked for, and the sum of their losses; `check` as loss_tile's.
+// Rows row0 .. row0 + lanes - 1 (lanes <= kTileLanes) of a binary_rows problem with a gradient, whose
+// logits are at x and gradient goes to grad (row row0's; grad may be x): their gradient, their row
+// losses if asked for, and the sum of their losses; `check` as loss_tile's.
 template <typename T>
-double binary_grad_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std::int64_t lanes, TargetCheck* check) {
-    const T* x = p.input + row0 * 2;
+double binary_grad_tile(const CrossEntropyProblem<T>& p, const T* x, T* grad, std::int64_t row0, std::int64_t lanes,
+                        TargetCheck* check) {
     const BinaryTargets kept_classes = binary_targets(p, row0, lanes, check);
     const std::int64_t* targets = p.target_index + row0;
     double scale[kTileLanes];
@@ -861,7 +885,6 @@ double binary_grad_tile(const CrossEntropyProblem<T>& p, std::int64_t row0, std:
     }
     double target_grad[kTileLanes];
     tile_target_grads(TargetGradLanes<T>{target_logit, max, log_sum, kept, kept, scale}, 0.0, 0.0, lanes, target_grad);
-    T* grad = p.grad + row0 * 2;
     for (std::int64_t l = 0; l < lanes; ++l) {
         const std::int32_t t = static_cast<std::int32_t>(targets[l]);
         const bool keep = kept[l] != 0.0;
@@ -1090,6 +1113,22 @@ template <typename T>
         item_sum = loss_tile(ctx, values, kTileLanes, p.target_prob == nullptr ? nullptr : p.target_prob + dense_offset,
                              view.inner, grad, kTileLanes, range.first, range.lanes, TilePrefetch<T>{}, check);
         if (has_grad) ctx.grad.store_tile(dense_offset, view.inner, values, slope, classes, range.lanes);
+    } else if (plain_index_options(ctx) && classes == 2 && view.outer_stride == 2) {
+        // See the Note on staged tiles of plain rows.
+        ctx.logits.load(range.first * 2, range.lanes * 2, values, nullptr);
+        if (has_grad) {
+            item_sum = binary_grad_tile(p, values, values, range.first, range.lanes, check);
+            ctx.grad.store(range.first * 2, values, nullptr, range.lanes * 2);
+        } else {
+            item_sum = p.row_loss == nullptr ? binary_tile<T, false>(p, values, range.first, range.lanes, check)
+                                             : binary_tile<T, true>(p, values, range.first, range.lanes, check);
+        }
+    } else if (plain_index_options(ctx) && !has_grad && classes <= kSmallClasses) {
+        ctx.logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, values,
+                                   nullptr);
+        item_sum = p.row_loss == nullptr
+                       ? few_class_tile<T, false>(p, values, classes, range.first, range.lanes, TilePrefetch<T>{}, check)
+                       : few_class_tile<T, true>(p, values, classes, range.first, range.lanes, TilePrefetch<T>{}, check);
     } else {
         T tile_target[kTileClasses * kTileLanes];
         ctx.logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, values,
@@ -1160,10 +1199,12 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
                                      outer * view.inner + lane0, lanes, prefetch, check);
             }
         } else if (binary && problem.grad != nullptr) {
-            item_sum = binary_grad_tile(problem, range.first, range.lanes, check);
+            item_sum = binary_grad_tile(problem, problem.input + range.first * 2, problem.grad + range.first * 2,
+                                        range.first, range.lanes, check);
         } else if (binary) {
-            item_sum = problem.row_loss == nullptr ? binary_tile<T, false>(problem, range.first, range.lanes, check)
-                                                   : binary_tile<T, true>(problem, range.first, range.lanes, check);
+            const T* x = problem.input + range.first * 2;
+            item_sum = problem.row_loss == nullptr ? binary_tile<T, false>(problem, x, range.first, range.lanes, check)
+                                                   : binary_tile<T, true>(problem, x, range.first, range.lanes, check);
         } else if (few_classes) {
             T tile_in[kTileClasses * kTileLanes];
             transpose_into_tile(problem.input + range.first * view.outer_stride, view.outer_stride, classes,

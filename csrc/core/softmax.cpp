@@ -178,10 +178,17 @@ template <typename T>
 // (see the Note on two classes in loss.cpp, whose reasoning and exponential this shares). The same
 // operations in the same order as softmax_tile's on transposed rows, so the same bits (a row with a
 // NaN is NaN either way).
+// 16-bit rows of the same layout are converted into the staging buffer, a tile of rows at a time,
+// and take the same loop there (see the Note on staged tiles of plain rows in loss.cpp).
+template <typename T>
+bool two_class_log_softmax(const SoftmaxProblem<T>& problem) {
+    return problem.op == SoftmaxOp::log_softmax && problem.view.classes == 2 && problem.view.inner == 1 &&
+           problem.view.outer_stride == 2;
+}
+
 template <typename T>
 bool binary_log_softmax(const SoftmaxProblem<T>& problem) {
-    return problem.op == SoftmaxOp::log_softmax && problem.view.classes == 2 && problem.view.inner == 1 &&
-           problem.view.outer_stride == 2 && problem.input_half == nullptr && problem.output_half == nullptr;
+    return two_class_log_softmax(problem) && problem.input_half == nullptr && problem.output_half == nullptr;
 }
 
 template <typename T>
@@ -326,6 +333,10 @@ template <typename T>
             output.store_tile(range.outer * classes * view.inner + range.lane0, view.inner, buffer, nullptr, classes,
                               range.lanes);
         }
+    } else if (two_class_log_softmax(problem)) {
+        logits.load(range.first * 2, range.lanes * 2, buffer, nullptr);
+        binary_log_softmax_tile(buffer, range.lanes, buffer);
+        output.store(range.first * 2, buffer, nullptr, range.lanes * 2);
     } else {
         logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, buffer,
                                nullptr);
