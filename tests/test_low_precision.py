@@ -22,16 +22,17 @@ def _dtype(name):
 
 
 DTYPES = ["float16", "bfloat16"]
-# (shape, class axis): rows, few classes (transposed tiles, of fewer classes than a transpose block
-# and of several blocks with a partial last tile), class axis not last (tiles), and few rows of many
-# classes (rows split into chunks).
+# (shape, class axis): rows, few classes (transposed tiles), class axis not last (tiles), few rows of
+# many classes (rows split into chunks), and more transposed tiles: of several transpose blocks with
+# a partial last tile, and of two classes (loops of their own).
 LAYOUTS = [
     ((37, 300), 1),
     ((300, 7), 1),
-    ((200, 50), 1),
     ((5, 9, 6, 4), 1),
     ((3, 70000), 1),
     ((4, 11, 130), -1),
+    ((200, 50), 1),
+    ((300, 2), 1),
 ]
 # A 16-bit ulp relative to the value: what rounding a float32 result once may change; and the
 # spacing of the smallest values (float16's subnormals).
@@ -223,6 +224,49 @@ def test_cross_entropy_is_float32_rounded_once(rng, name, shape, axis, options):
         np.testing.assert_allclose(
             grad.astype(np.float64), expected_grad, rtol=RTOL[name], atol=ATOL[name] + 1e-6 * scale
         )
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("classes", [2, 5, 32])
+def test_tiles_of_plain_rows(rng, name, classes):
+    """Rows of few classes with the default options, which take the float32 kernels' loops for plain
+    rows (two classes: loops of their own) on the converted tile: every result is the float32 one on
+    the same values, rounded once, with ignored rows, a partial last tile, per-row grad_output, a
+    float32 ``out`` and the gradient written over the logits."""
+    dtype = _dtype(name)
+    rows = 1000
+    x = _logits(rng, (rows, classes), dtype)
+    x32 = x.astype(np.float32)
+    target = rng.integers(0, classes, rows)
+    target[::7] = -100
+    for reduction in ("mean", "sum", "none"):
+        loss, grad = fx.cross_entropy_with_grad(x, target, reduction=reduction)
+        loss32, grad32 = fx.cross_entropy_with_grad(x32, target, reduction=reduction)
+        _same(grad, grad32.astype(dtype))
+        forward = fx.cross_entropy(x, target, reduction=reduction)
+        if reduction == "none":
+            _same(loss, loss32.astype(dtype))
+            _same(forward, loss32.astype(dtype))
+        else:
+            assert loss == forward == loss32.astype(dtype)
+    upstream = rng.uniform(0.5, 2.0, rows).astype(np.float32)
+    grad = fx.cross_entropy_grad(x, target, reduction="none", grad_output=upstream)
+    _same(grad, fx.cross_entropy_grad(x32, target, reduction="none", grad_output=upstream).astype(dtype))
+    out = np.empty((rows, classes), np.float32)
+    fx.cross_entropy_grad(x, target, out=out)
+    np.testing.assert_array_equal(out, fx.cross_entropy_grad(x32, target))
+    work = x.copy()
+    fx.cross_entropy_grad(work, target, out=work)
+    _same(work, fx.cross_entropy_grad(x32, target).astype(dtype))
+    _same(fx.log_softmax(x, axis=1), fx.log_softmax(x32, axis=1).astype(dtype))
+    expected = ref.cross_entropy(x.astype(np.float64), target, reduction="none")
+    _near(fx.cross_entropy(x, target, reduction="none"), expected, name)
+    bad = target.copy()
+    bad[rows - 3] = classes
+    with pytest.raises(IndexError, match=f"target {classes} is out of bounds"):
+        fx.cross_entropy(x, bad)
+    with pytest.raises(IndexError, match=f"target {classes} is out of bounds"):
+        fx.cross_entropy_with_grad(x, bad)
 
 
 @pytest.mark.parametrize("name", DTYPES)
