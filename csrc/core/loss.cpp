@@ -303,12 +303,16 @@ bool plain_index_options(const LossContext<T>& ctx) {
            p.label_smoothing == 0.0 && p.z_loss == 0.0 && p.save_stats == nullptr && p.saved_stats == nullptr;
 }
 
-// Rows read in place (not staged), class indices, no class weights, smoothing, z-loss or cap, and no
-// statistics saved or used: the rows of binary_tile, few_class_tile and (without a gradient) the
-// plain whole-row losses.
+// Whether the kernel reads the logits and writes the gradient in place (neither staged).
+template <typename T>
+bool reads_in_place(const LossContext<T>& ctx) {
+    return !ctx.logits.staged() && ctx.problem.grad_half == nullptr;
+}
+
+// Rows read in place with plain_index_options: the plain whole-row losses (without a gradient).
 template <typename T>
 bool plain_index_rows(const LossContext<T>& ctx) {
-    return plain_index_options(ctx) && !ctx.logits.staged() && ctx.problem.grad_half == nullptr;
+    return plain_index_options(ctx) && reads_in_place(ctx);
 }
 
 // Whether the rows of a rows-strategy problem take plain_rows_loss (or plain_row_losses).
@@ -709,7 +713,7 @@ template <typename T>
 // threads), 1048576 x 4 in 0.91, the row losses (reduction none) in 0.95-0.98.
 
 // Note: staged tiles of plain rows. 16-bit logits are staged (converted to float in the thread's
-// buffer, staging.h), and their tiles took loss_tile even where the options are plain_index_rows'
+// buffer, staging.h), and their tiles took loss_tile even where the options are plain_index_options'
 // (default options, class indices), for which binary_tile, binary_grad_tile and few_class_tile
 // exist: those need nothing but the tile's values. So a staged tile with those options takes them
 // too: two contiguous classes are converted into the staging buffer as rows and take binary_tile,
@@ -723,15 +727,16 @@ template <typename T>
 // row losses to float16); 1048576 x 10 mean 0.88 (0.90), row losses 0.94; 65536 x 20 mean 0.91;
 // bfloat16 alike.
 
+// Rows for binary_tile (binary_grad_tile with a gradient), and rows for few_class_tile, read in
+// place or staged (see the Note on staged tiles of plain rows).
 template <typename T>
 bool binary_rows(const LossContext<T>& ctx) {
-    return ctx.classes == 2 && ctx.problem.view.outer_stride == 2 && plain_index_rows(ctx);
+    return ctx.classes == 2 && ctx.problem.view.outer_stride == 2 && plain_index_options(ctx);
 }
 
 template <typename T>
 bool few_class_rows(const LossContext<T>& ctx) {
-    return ctx.classes <= kSmallClasses && ctx.problem.grad == nullptr && !binary_rows(ctx) &&
-           plain_index_rows(ctx);
+    return ctx.classes <= kSmallClasses && !ctx.grad.present() && !binary_rows(ctx) && plain_index_options(ctx);
 }
 
 // Which target values keep a row of a two-class tile. A row is kept when its target is 0 or 1 and
@@ -834,6 +839,21 @@ double few_class_tile(const CrossEntropyProblem<T>& p, const T* tile, std::int64
         plain_row_loss<kRowLosses>(shift, stats.sum[l], kept[l] != 0.0, l, loss, factor, row_losses);
     }
     return plain_tile_loss<kRowLosses>(loss, factor, lanes);
+}
+
+// binary_tile and few_class_tile, with the row losses when the problem asks for them.
+template <typename T>
+double binary_tile_loss(const CrossEntropyProblem<T>& p, const T* x, std::int64_t row0, std::int64_t lanes,
+                        TargetCheck* check) {
+    return p.row_loss == nullptr ? binary_tile<T, false>(p, x, row0, lanes, check)
+                                 : binary_tile<T, true>(p, x, row0, lanes, check);
+}
+
+template <typename T>
+double few_class_tile_loss(const CrossEntropyProblem<T>& p, const T* tile, std::int64_t classes, std::int64_t row0,
+                           std::int64_t lanes, const TilePrefetch<T>& prefetch, TargetCheck* check) {
+    return p.row_loss == nullptr ? few_class_tile<T, false>(p, tile, classes, row0, lanes, prefetch, check)
+                                 : few_class_tile<T, true>(p, tile, classes, row0, lanes, prefetch, check);
 }
 
 // Rows row0 .. row0 + lanes - 1 (lanes <= kTileLanes) of a binary_rows problem with a gradient, whose
@@ -1113,22 +1133,19 @@ template <typename T>
         item_sum = loss_tile(ctx, values, kTileLanes, p.target_prob == nullptr ? nullptr : p.target_prob + dense_offset,
                              view.inner, grad, kTileLanes, range.first, range.lanes, TilePrefetch<T>{}, check);
         if (has_grad) ctx.grad.store_tile(dense_offset, view.inner, values, slope, classes, range.lanes);
-    } else if (plain_index_options(ctx) && classes == 2 && view.outer_stride == 2) {
+    } else if (binary_rows(ctx)) {
         // See the Note on staged tiles of plain rows.
         ctx.logits.load(range.first * 2, range.lanes * 2, values, nullptr);
         if (has_grad) {
             item_sum = binary_grad_tile(p, values, values, range.first, range.lanes, check);
             ctx.grad.store(range.first * 2, values, nullptr, range.lanes * 2);
         } else {
-            item_sum = p.row_loss == nullptr ? binary_tile<T, false>(p, values, range.first, range.lanes, check)
-                                             : binary_tile<T, true>(p, values, range.first, range.lanes, check);
+            item_sum = binary_tile_loss(p, values, range.first, range.lanes, check);
         }
-    } else if (plain_index_options(ctx) && !has_grad && classes <= kSmallClasses) {
+    } else if (few_class_rows(ctx)) {
         ctx.logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, values,
                                    nullptr);
-        item_sum = p.row_loss == nullptr
-                       ? few_class_tile<T, false>(p, values, classes, range.first, range.lanes, TilePrefetch<T>{}, check)
-                       : few_class_tile<T, true>(p, values, classes, range.first, range.lanes, TilePrefetch<T>{}, check);
+        item_sum = few_class_tile_loss(p, values, classes, range.first, range.lanes, TilePrefetch<T>{}, check);
     } else {
         T tile_target[kTileClasses * kTileLanes];
         ctx.logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, values,
@@ -1159,8 +1176,9 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
     }
     const int threads = staged_threads(plan.items, view.size(), staged, problem.staging_threads);
     const std::int64_t per_thread = staged ? staging_size(view, capped) : 0;
-    const bool binary = binary_rows(ctx);
-    const bool few_classes = few_class_rows(ctx);
+    const bool in_place = reads_in_place(ctx);
+    const bool binary = in_place && binary_rows(ctx);
+    const bool few_classes = in_place && few_class_rows(ctx);
     const bool plain_rows = plain_whole_rows(ctx);
     const bool grouped = grouped_rows(ctx);
 
@@ -1202,17 +1220,13 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             item_sum = binary_grad_tile(problem, problem.input + range.first * 2, problem.grad + range.first * 2,
                                         range.first, range.lanes, check);
         } else if (binary) {
-            const T* x = problem.input + range.first * 2;
-            item_sum = problem.row_loss == nullptr ? binary_tile<T, false>(problem, x, range.first, range.lanes, check)
-                                                   : binary_tile<T, true>(problem, x, range.first, range.lanes, check);
+            item_sum = binary_tile_loss(problem, problem.input + range.first * 2, range.first, range.lanes, check);
         } else if (few_classes) {
             T tile_in[kTileClasses * kTileLanes];
             transpose_into_tile(problem.input + range.first * view.outer_stride, view.outer_stride, classes,
                                 range.lanes, tile_in);
             const TilePrefetch<T> prefetch = next_tile(problem.input, plan, view, item);
-            item_sum = problem.row_loss == nullptr
-                           ? few_class_tile<T, false>(problem, tile_in, classes, range.first, range.lanes, prefetch, check)
-                           : few_class_tile<T, true>(problem, tile_in, classes, range.first, range.lanes, prefetch, check);
+            item_sum = few_class_tile_loss(problem, tile_in, classes, range.first, range.lanes, prefetch, check);
         } else {
             const std::int64_t first = range.first;
             const std::int64_t lanes = range.lanes;
