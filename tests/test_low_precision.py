@@ -366,13 +366,25 @@ def test_score_spans_match_float32(rng, name, shape, axis):
 
 
 @pytest.mark.parametrize("name", DTYPES)
-def test_nll_loss(rng, name):
+@pytest.mark.parametrize("shape,axis", LAYOUTS + [((40_000, 3), 1)])
+def test_nll_loss(rng, name, shape, axis):
+    """nll_loss reads the 16-bit log-probabilities in place (in any layout, strided too): the float32
+    results on the same values, rounded once."""
     dtype = _dtype(name)
-    log_probs = fx.log_softmax(_logits(rng, (30, 12), dtype))
-    target = rng.integers(0, 12, 30)
-    got = fx.nll_loss(log_probs, target, reduction="none")
-    assert got.dtype == dtype
-    np.testing.assert_array_equal(got, fx.nll_loss(log_probs.astype(np.float32), target, reduction="none").astype(dtype))
+    log_probs = fx.log_softmax(_logits(rng, shape, dtype), axis=axis)
+    target, axis = _targets(rng, shape, axis)
+    target.reshape(-1)[::5] = -100
+    weight = rng.uniform(0.5, 2.0, shape[axis]).astype(np.float32)
+    for variant in (log_probs, np.asfortranarray(log_probs)):
+        for reduction in ("none", "mean", "sum"):
+            got = fx.nll_loss(variant, target, weight, axis=axis, reduction=reduction)
+            assert got.dtype == dtype
+            want = fx.nll_loss(log_probs.astype(np.float32), target, weight, axis=axis, reduction=reduction)
+            _same(np.asarray(got), np.asarray(want).astype(dtype))
+    view = np.moveaxis(np.moveaxis(np.repeat(log_probs, 2, axis=axis), axis, 0)[::2], 0, axis)
+    assert not view.flags.c_contiguous
+    got = fx.nll_loss(view, target, axis=axis, reduction="none")
+    _same(got, fx.nll_loss(log_probs, target, axis=axis, reduction="none"))
 
 
 def test_nan_and_infinity(rng):

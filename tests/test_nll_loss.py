@@ -137,3 +137,31 @@ def test_empty_batch(reduction):
     got = fx.nll_loss(np.zeros((0, 5), dtype=np.float32), np.zeros(0, dtype=np.int64), reduction=reduction)
     expected = {"mean": np.nan, "sum": 0.0, "none": np.zeros(0)}[reduction]
     np.testing.assert_array_equal(got, np.asarray(expected, dtype=np.float32))
+
+
+@pytest.mark.parametrize("shape,axis", [((100_000, 3), 1), ((3, 4, 20_000), 1), ((30_001, 2, 3), 1)])
+def test_many_rows_in_blocks(rng, restore_num_threads, shape, axis):
+    """Many rows are summed in blocks spread over threads (block boundaries inside an outer position
+    of the layouts with the class axis not last): every row loss is -w[t] * log_probs[t]
+    rounded once, the sum is the float64 sum to float32 rounding, and neither depends on the thread
+    count."""
+    log_probs = (-3.0 * rng.random(shape)).astype(np.float32)
+    classes = shape[axis]
+    row_shape = shape[:axis] + shape[axis + 1 :]
+    target = rng.integers(0, classes, row_shape)
+    target.reshape(-1)[::7] = -100
+    weight = rng.uniform(0.5, 2.0, classes).astype(np.float32)
+    picked = np.take_along_axis(log_probs, np.expand_dims(np.maximum(target, 0), axis), axis).squeeze(axis)
+    expected_rows = np.where(target != -100, -weight[np.maximum(target, 0)].astype(np.float64) * picked, 0.0)
+    results = {}
+    for threads in (1, 2):
+        fx.set_num_threads(threads)
+        rows = fx.nll_loss(log_probs, target, weight, axis=axis, reduction="none")
+        np.testing.assert_array_equal(rows, expected_rows.astype(np.float32))
+        results[threads] = [fx.nll_loss(log_probs, target, weight, axis=axis, reduction=r) for r in ("sum", "mean")]
+    assert [r.tobytes() for r in results[1]] == [r.tobytes() for r in results[2]]
+    total = float(np.sum(expected_rows))
+    kept = target != -100
+    denominator = float(np.sum(weight[target[kept]].astype(np.float64)))
+    np.testing.assert_allclose(results[1][0], total, rtol=2**-24)
+    np.testing.assert_allclose(results[1][1], total / denominator, rtol=2**-24)

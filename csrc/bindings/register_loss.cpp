@@ -147,10 +147,11 @@ py::tuple run_cross_entropy(const py::array& input, int half, double softcap, co
 }
 
 template <typename T>
-py::tuple run_nll(const py::array& input, const ClassAxisView& view, const py::object& target,
+py::tuple run_nll(const py::array& input, int half, const ClassAxisView& view, const py::object& target,
                   const py::object& weight, std::int64_t ignore_index, const py::object& row_loss) {
     const std::int64_t rows = view.rows();
-    const T* log_probs = input_data<T>(input, "input");
+    CrossEntropyProblem<T> logits;
+    set_logits<T>(logits, input, half);
     const T* weight_data = dense_data<T>(weight, "weight", view.classes, false);
     std::int64_t kept = 0;
     const std::int64_t* targets = checked_targets(target, rows, view.classes, ignore_index, &kept);
@@ -160,7 +161,8 @@ py::tuple run_nll(const py::array& input, const ClassAxisView& view, const py::o
     {
         py::gil_scoped_release release;
         denominator = denominator_of(targets, rows, weight_data, ignore_index, kept);
-        total = nll_loss(log_probs, view, targets, weight_data, ignore_index, row_loss_data);
+        total = nll_loss(logits.input, logits.input_half, logits.half_format, view, targets, weight_data,
+                         ignore_index, row_loss_data);
     }
     return py::make_tuple(total, denominator);
 }
@@ -349,14 +351,18 @@ void register_loss(py::module_& module) {
     module.def(
         "nll_loss",
         [](const py::array& input, const ViewTuple& view_tuple, const py::object& target, const py::object& weight,
-           std::int64_t ignore_index, const py::object& row_loss) {
+           std::int64_t ignore_index, const py::object& row_loss, int half) {
             const ClassAxisView view = to_view(view_tuple);
-            if (has_dtype<float>(input)) return run_nll<float>(input, view, target, weight, ignore_index, row_loss);
-            if (has_dtype<double>(input)) return run_nll<double>(input, view, target, weight, ignore_index, row_loss);
+            if (half >= 0 || has_dtype<float>(input)) {
+                return run_nll<float>(input, half, view, target, weight, ignore_index, row_loss);
+            }
+            if (has_dtype<double>(input)) {
+                return run_nll<double>(input, half, view, target, weight, ignore_index, row_loss);
+            }
             throw py::type_error("input must be float32 or float64");
         },
         py::arg("input"), py::arg("view"), py::arg("target"), py::arg("weight"), py::arg("ignore_index"),
-        py::arg("row_loss"));
+        py::arg("row_loss"), py::arg("half") = -1);
 }
 
 }  // namespace fastxent::bindings

@@ -8,9 +8,13 @@
 namespace fastxent {
 
 // row_loss[r] = -[t_r != ignore_index] * w[t_r] * log_probs[r, t_r] (when row_loss is set); returns
-// their sum, added in row order in double. Targets must have been validated.
+// their sum in double, in an order fixed by the rows (see the Note on the sum of nll_loss), spread
+// over threads for many rows. Targets must have been validated. For T = float, the
+// log-probabilities may instead be 16-bit floats of `half_format`, read (exactly) from `log_probs_half`
+// when it is set.
 template <typename T>
-double nll_loss(const T* log_probs, const ClassAxisView& view, const std::int64_t* target, const T* weight,
-                std::int64_t ignore_index, T* row_loss);
+double nll_loss(const T* log_probs, const std::uint16_t* log_probs_half, HalfFormat half_format,
+                const ClassAxisView& view, const std::int64_t* target, const T* weight, std::int64_t ignore_index,
+                T* row_loss);
 
 }  // namespace fastxent

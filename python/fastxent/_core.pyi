@@ -81,6 +81,7 @@ def nll_loss(
     weight: Optional[np.ndarray],
     ignore_index: int,
     row_loss: Optional[np.ndarray],
+    half: int = -1,
 ) -> Tuple[float, float]: ...
 
 # register_score.cpp. target: int64 (rows, candidates); logprob (input dtype), is_greedy (bool) and

@@ -375,21 +375,24 @@ def nll_loss(
     reduction: str = "mean",
 ) -> Loss:
     """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``:
-    ``-w[t] * log_probs[t]`` per row, reduced like ``cross_entropy``. Index targets only."""
+    ``-w[t] * log_probs[t]`` per row, reduced like ``cross_entropy``. Index targets only; 16-bit
+    log-probabilities are read in place (one element a row)."""
     array, dtype = args.logits(log_probs, "log_probs")
-    array = array.astype(args.compute_dtype(dtype), copy=False)
+    compute = args.compute_dtype(dtype)  # 16-bit log-probabilities are read as they are, in float32
     axis = args.class_axis(array.ndim, axis, pytorch_default=True)
     code = args.reduction_code(reduction)
     ignore = args.ignore(ignore_index)
     shape = array.shape
-    targets = args.targets(target, array.dtype, axis, shape)
+    targets = args.targets(target, compute, axis, shape)
     if targets.index is None:
         raise TypeError("nll_loss takes class indices (an integer dtype) as target")
-    class_weight = args.class_weight(weight, shape[axis], array.dtype)
+    class_weight = args.class_weight(weight, shape[axis], compute)
     array, view = args.class_view(array, axis)
     row_shape = shape[:axis] + shape[axis + 1 :]
-    row_loss = np.empty(row_shape, array.dtype) if code == args.REDUCTIONS["none"] else None
-    total, denominator = _core.nll_loss(array, view, targets.index, class_weight, ignore, row_loss)
+    row_loss = np.empty(row_shape, compute) if code == args.REDUCTIONS["none"] else None
+    total, denominator = _core.nll_loss(
+        args.core_array(array), view, targets.index, class_weight, ignore, row_loss, args.half_code(dtype)
+    )
     if row_loss is not None:
         return args.cast(row_loss, dtype)
     return args.reduce(total, denominator, code, dtype)
