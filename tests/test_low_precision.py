@@ -387,6 +387,35 @@ def test_nll_loss(rng, name, shape, axis):
     _same(got, fx.nll_loss(log_probs, target, axis=axis, reduction="none"))
 
 
+@pytest.mark.parametrize("name", DTYPES)
+def test_results_rounded_from_float32(rng, name):
+    """The float32 results of 16-bit calls (row losses, logsumexp) are rounded to the 16-bit dtype by
+    the core, over threads for long arrays: as NumPy's cast, bit for bit, for every kind of value; a
+    NaN becomes the quiet NaN of its sign."""
+    from fastxent import _core
+
+    dtype = _dtype(name)
+    any_bits = rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    values = np.concatenate([_float16_rounding_cases(rng), any_bits])
+    out = np.empty(values.shape, dtype)
+    _core.narrow(values, out.view(np.uint16), 0 if name == "float16" else 1)
+    nan = np.isnan(values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = values[~nan].astype(dtype)
+    np.testing.assert_array_equal(out[~nan].view(np.uint16), expected.view(np.uint16))
+    bits = out[nan].view(np.uint16)
+    assert np.isnan(out[nan].astype(np.float32)).all()
+    np.testing.assert_array_equal(bits >> 15, np.signbit(values[nan]))
+    if name == "float16":
+        np.testing.assert_array_equal(bits & 0x7FFF, 0x7E00)
+    # Through the public functions: 'none' row losses of many rows, and logsumexp.
+    x = _logits(rng, (50_000, 3), dtype, scale=30.0)
+    target = rng.integers(0, 3, 50_000)
+    want = fx.cross_entropy(x.astype(np.float32), target, reduction="none").astype(dtype)
+    _same(fx.cross_entropy(x, target, reduction="none"), want)
+    _same(fx.logsumexp(x, axis=1), fx.logsumexp(x.astype(np.float32), axis=1).astype(dtype))
+
+
 def test_nan_and_infinity(rng):
     dtype = _bfloat16()
     x = _logits(rng, (4, 50), dtype)

@@ -10,6 +10,7 @@ void register_softmax_kernels(KernelTable& table);  // softmax.cpp
 void register_loss_kernels(KernelTable& table);     // loss.cpp
 void register_score_kernels(KernelTable& table);    // score.cpp
 void register_target_kernels(KernelTable& table);   // target_check.cpp
+void register_convert_kernels(KernelTable& table);  // convert.cpp
 
 void register_kernels(KernelTable& table) {
     table.isa = FASTXENT_ISA_NAME;
@@ -19,6 +20,7 @@ void register_kernels(KernelTable& table) {
     register_loss_kernels(table);
     register_score_kernels(table);
     register_target_kernels(table);
+    register_convert_kernels(table);
 }
 
 }  // namespace FASTXENT_ISA
