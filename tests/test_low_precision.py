@@ -298,6 +298,45 @@ def test_transposed_tiles_of_rows_of_a_wider_array(rng, name, classes, softcap):
 
 
 @pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("shape", [(37, 11), (5, 3000), (300, 2), (0, 7)], ids=["37x11", "5x3000", "300x2", "empty"])
+def test_fast_path_gives_the_general_paths_bits(rng, name, shape):
+    """The common call on 16-bit logits (C-contiguous (N, C), a 1-D integer array of targets, default
+    options) is taken by _core directly, as for float32; targets given as a memoryview, and a
+    Fortran-ordered copy of the logits, take the general path. Both give the same bits."""
+    from fastxent import _core
+
+    dtype = _dtype(name)
+    x = _logits(rng, shape, dtype)
+    target = rng.integers(0, shape[1], shape[0])
+    target[::4] = -100
+    assert _core.cross_entropy_fast(x, target, -100, 1) is not None
+    assert _core.cross_entropy_fast_with(x, target, -100, 0, 1.0, True, True, None, None, None) is not None
+    per_row = rng.standard_normal(shape[0])  # after a fast forward, a backward of the general path
+    for reduction in ["none", "mean", "sum"]:
+        for grad_output in [1.0, -0.25] + ([per_row] if reduction == "none" else []):
+            results = []
+            for t in (target, memoryview(target)):
+                loss = fx.cross_entropy(x, t, reduction=reduction)
+                grad = fx.cross_entropy_grad(x, t, reduction=reduction, grad_output=grad_output)
+                both = fx.cross_entropy_with_grad(x, t, reduction=reduction, grad_output=grad_output)
+                criterion = fx.CrossEntropyLoss(reduction=reduction)
+                forward = criterion(x, t)
+                results.append([loss, grad, *both, forward, criterion.backward(grad_output)])
+            for fast, general in zip(*results):
+                assert type(fast) is type(general) and np.asarray(fast).dtype == dtype
+                _same(np.asarray(fast), np.asarray(general))
+        want = fx.cross_entropy(x.astype(np.float32), target, reduction=reduction)
+        _same(np.asarray(fx.cross_entropy(x, target, reduction=reduction)), np.asarray(want).astype(dtype))
+    for op in ["log_softmax", "softmax", "logsumexp"]:
+        code = {"log_softmax": 0, "softmax": 1, "logsumexp": 2}[op]
+        assert _core.softmax_fast(x, code, -1) is not None
+        fast = getattr(fx, op)(x)
+        assert fast.dtype == dtype
+        _same(fast, getattr(fx, op)(np.asfortranarray(x), axis=1))
+        _same(fast, getattr(fx, op)(x.astype(np.float32)).astype(dtype))
+
+
+@pytest.mark.parametrize("name", DTYPES)
 @pytest.mark.parametrize("shape,axis", LAYOUTS[:4])
 def test_gradient_into_float32_out(rng, name, shape, axis):
     dtype = _dtype(name)

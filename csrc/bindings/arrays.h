@@ -45,6 +45,25 @@ bool has_dtype(const py::handle& array) {
     return py::isinstance<py::array_t<T>>(array);
 }
 
+// The 16-bit format of an array's dtype: 0 float16, 1 bfloat16 (ml_dtypes' dtype, recognised by its
+// name, as the Python layer recognises it), -1 for any other dtype or a non-native byte order. The
+// bfloat16 dtype found is kept (called with the GIL held; a dtype's name takes microseconds to form).
+inline int half_format_of(const py::array& array) {
+    static PyObject* bfloat16 = nullptr;  // a reference kept for good: the dtype outlives every call
+    const py::dtype dtype = array.dtype();
+    if (dtype.itemsize() != 2 || dtype.byteorder() != '=') return -1;
+    if (dtype.kind() == 'f') return 0;
+    if (dtype.ptr() == bfloat16) return 1;
+    if (dtype.kind() == 'V' && bfloat16 == nullptr && py::str(dtype.attr("name")).cast<std::string>() == "bfloat16") {
+        bfloat16 = dtype.inc_ref().ptr();
+        return 1;
+    }
+    return -1;
+}
+
+// The bits of a 16-bit float array (as the kernels take them: uint16), without a copy.
+inline py::array half_bits(py::array array) { return array.view("uint16"); }
+
 // A read-only input; null when `object` is None. Strided inputs are allowed (the view says how to walk them).
 template <typename T>
 const T* input_data(const py::object& object, const char* name) {

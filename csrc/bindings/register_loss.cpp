@@ -169,10 +169,10 @@ py::tuple run_nll(const py::array& input, int half, const ClassAxisView& view, c
 
 }  // namespace
 
-// The common calls, on x a C-contiguous (N, C) float array and t a 1-D integer array of N class
-// indices, with every other option at its default, without the Python layer's normalisation. Each
-// returns None when the arguments are anything else (the Python layer then takes over, and raises
-// any error).
+// The common calls, on x a C-contiguous (N, C) array of float32, float64, float16 or bfloat16 and t a
+// 1-D integer array of N class indices, with every other option at its default, without the Python
+// layer's normalisation. Each returns None when the arguments are anything else (the Python layer
+// then takes over, and raises any error).
 bool fast_logits(const py::handle& input, int reduction) {
     if (!py::isinstance<py::array>(input) || reduction < 0 || reduction > 2) return false;
     const py::array x = py::reinterpret_borrow<py::array>(input);
@@ -201,23 +201,26 @@ inline py::float_ reduced_loss(const py::tuple& result, Reduction reduction) {
 }
 
 // cross_entropy(x, t, reduction=...): the mean or the sum as a float, or the per-row losses as a new
-// array of x's dtype ("none"). Kept apart from cross_entropy_fast_with: going through it, with its
-// options, made a 32 x 10 call 2-5% slower.
+// array of x's dtype ("none"). 16-bit logits (half >= 0, T float) are computed in float32 and their
+// row losses rounded to x's dtype. Kept apart from cross_entropy_fast_with: going through it, with
+// its options, made a 32 x 10 call 2-5% slower.
 template <typename T>
-py::object cross_entropy_fast_typed(const py::array& x, const py::array& t, std::int64_t ignore_index,
+py::object cross_entropy_fast_typed(const py::array& x, int half, const py::array& t, std::int64_t ignore_index,
                                     Reduction reduction, void (*kernel)(const CrossEntropyProblem<T>&)) {
     const std::int64_t rows = x.shape(0);
     const std::int64_t classes = x.shape(1);
     const ClassAxisView view{rows, classes, 1, classes, 1};
     const py::object none = py::none();
+    const py::array logits = half >= 0 ? half_bits(x) : x;
     if (reduction == Reduction::none) {
         py::array_t<T> row_loss(static_cast<py::ssize_t>(rows));
-        run_cross_entropy<T>(x, -1, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, reduction, 1.0, none, row_loss,
-                             none, none, none, false, kernel);
+        run_cross_entropy<T>(logits, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, reduction, 1.0, none,
+                             row_loss, none, none, none, false, kernel);
+        if (half >= 0) return narrowed_result(row_loss, x.dtype(), half);
         return std::move(row_loss);
     }
-    const py::tuple result = run_cross_entropy<T>(x, -1, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, reduction,
-                                                  1.0, none, none, none, none, none, true, kernel);
+    const py::tuple result = run_cross_entropy<T>(logits, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0,
+                                                  reduction, 1.0, none, none, none, none, none, true, kernel);
     return reduced_loss(result, reduction);
 }
 
@@ -230,8 +233,12 @@ py::object cross_entropy_fast(const py::handle& input, const py::handle& target,
     const py::array t = py::reinterpret_borrow<py::array>(indices);
     const Reduction r = static_cast<Reduction>(reduction);
     const KernelTable& table = kernels();
-    if (has_dtype<float>(x)) return cross_entropy_fast_typed<float>(x, t, ignore_index, r, table.cross_entropy_float);
-    if (has_dtype<double>(x)) return cross_entropy_fast_typed<double>(x, t, ignore_index, r, table.cross_entropy_double);
+    if (has_dtype<float>(x)) return cross_entropy_fast_typed<float>(x, -1, t, ignore_index, r, table.cross_entropy_float);
+    if (has_dtype<double>(x)) {
+        return cross_entropy_fast_typed<double>(x, -1, t, ignore_index, r, table.cross_entropy_double);
+    }
+    const int half = half_format_of(x);
+    if (half >= 0) return cross_entropy_fast_typed<float>(x, half, t, ignore_index, r, table.cross_entropy_float);
     return py::none();
 }
 
@@ -266,9 +273,11 @@ bool fast_out(const py::handle& out, const py::array& x, const py::array& t) {
 //   * with_grad: the gradient (times grad_output), into `out` (see fast_out) or a new array like x;
 //   * save_stats / saved_stats: the rows' statistics (float64, 2 a row) saved for a later gradient,
 //     or read instead of recomputed (CrossEntropyLoss.forward and .backward).
-// Returns the loss, the gradient, or (loss, gradient) when both are asked for.
+// Returns the loss, the gradient, or (loss, gradient) when both are asked for. 16-bit logits (half >= 0,
+// T float) as in cross_entropy_fast_typed, with a gradient of their dtype (their `out` is left to the
+// Python layer).
 template <typename T>
-py::object cross_entropy_fast_with_typed(const py::array& x, const py::array& t, const py::array& given,
+py::object cross_entropy_fast_with_typed(const py::array& x, int half, const py::array& t, const py::array& given,
                                          std::int64_t ignore_index,
                                          Reduction reduction, double grad_output, bool with_loss, bool with_grad,
                                          const py::object& out, const py::object& save_stats,
@@ -277,15 +286,23 @@ py::object cross_entropy_fast_with_typed(const py::array& x, const py::array& t,
     const std::int64_t classes = x.shape(1);
     const ClassAxisView view{rows, classes, 1, classes, 1};
     const py::object none = py::none();
-    if (with_grad && !out.is_none() && !fast_out<T>(out, x, given)) return none;
+    if (with_grad && !out.is_none() && (half >= 0 || !fast_out<T>(out, x, given))) return none;
     const py::object row_loss =
         with_loss && reduction == Reduction::none ? py::object(py::array_t<T>(static_cast<py::ssize_t>(rows))) : none;
-    const py::object grad = !with_grad ? none : !out.is_none() ? out : py::object(new_result<T>({rows, classes}));
+    const py::dtype result_dtype = half >= 0 ? x.dtype() : py::dtype::of<T>();
+    const py::object grad =
+        !with_grad ? none : !out.is_none() ? out : py::object(new_result(result_dtype, {rows, classes}));
     const bool want_sum = with_loss && reduction != Reduction::none;
-    const py::tuple result = run_cross_entropy<T>(x, -1, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, reduction,
-                                                  grad_output, none, row_loss, grad, save_stats, saved_stats, want_sum,
-                                                  kernel);
-    const py::object loss = want_sum ? reduced_loss(result, reduction) : row_loss;
+    const py::tuple result =
+        run_cross_entropy<T>(half >= 0 ? half_bits(x) : x, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0,
+                             reduction, grad_output, none, row_loss, half >= 0 && with_grad ? half_bits(grad) : grad,
+                             save_stats, saved_stats, want_sum, kernel);
+    py::object loss = row_loss;
+    if (want_sum) {
+        loss = reduced_loss(result, reduction);
+    } else if (half >= 0 && !row_loss.is_none()) {
+        loss = narrowed_result(row_loss, x.dtype(), half);
+    }
     if (!with_grad) return loss;
     if (!with_loss) return grad;
     return py::make_tuple(loss, grad);
@@ -302,13 +319,14 @@ py::object cross_entropy_fast_with(const py::handle& input, const py::handle& ta
     const py::array given = py::reinterpret_borrow<py::array>(target);
     const Reduction r = static_cast<Reduction>(reduction);
     const KernelTable& table = kernels();
-    if (has_dtype<float>(x)) {
-        return cross_entropy_fast_with_typed<float>(x, t, given, ignore_index, r, grad_output, with_loss, with_grad, out,
-                                                    save_stats, saved_stats, table.cross_entropy_float);
+    const int half = has_dtype<float>(x) || has_dtype<double>(x) ? -1 : half_format_of(x);
+    if (has_dtype<float>(x) || half >= 0) {
+        return cross_entropy_fast_with_typed<float>(x, half, t, given, ignore_index, r, grad_output, with_loss,
+                                                    with_grad, out, save_stats, saved_stats, table.cross_entropy_float);
     }
     if (has_dtype<double>(x)) {
-        return cross_entropy_fast_with_typed<double>(x, t, given, ignore_index, r, grad_output, with_loss, with_grad, out,
-                                                     save_stats, saved_stats, table.cross_entropy_double);
+        return cross_entropy_fast_with_typed<double>(x, -1, t, given, ignore_index, r, grad_output, with_loss,
+                                                     with_grad, out, save_stats, saved_stats, table.cross_entropy_double);
     }
     return py::none();
 }

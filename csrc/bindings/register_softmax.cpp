@@ -29,11 +29,13 @@ void run_softmax(const py::array& input, int half, const ClassAxisView& axis_vie
     kernel(problem);
 }
 
-// The common call, f(x, axis) with x a C-contiguous float32/float64 array of at least one dimension
-// and the class axis last (-1 or ndim - 1), no out=: the result, or None when the arguments are
-// anything else (the Python layer then takes over).
+// The common call, f(x, axis) with x a C-contiguous array of float32, float64, float16 or bfloat16 of
+// at least one dimension and the class axis last (-1 or ndim - 1), no out=: the result, or None when
+// the arguments are anything else (the Python layer then takes over). 16-bit logits (half >= 0, T
+// float; at least one class) are computed in float32: log_softmax and softmax are written in their
+// dtype, logsumexp is rounded to it.
 template <typename T>
-py::array softmax_fast_typed(const py::array& x, SoftmaxOp op, void (*kernel)(const SoftmaxProblem<T>&)) {
+py::array softmax_fast_typed(const py::array& x, int half, SoftmaxOp op, void (*kernel)(const SoftmaxProblem<T>&)) {
     const py::ssize_t ndim = x.ndim();
     const std::int64_t classes = x.shape(ndim - 1);
     const std::int64_t rows = classes == 0 ? x.size() : x.size() / classes;
@@ -48,18 +50,31 @@ py::array softmax_fast_typed(const py::array& x, SoftmaxOp op, void (*kernel)(co
         }
         return std::move(result);
     }
-    py::array result = new_result<T>(shape);
+    const bool half_output = half >= 0 && op != SoftmaxOp::logsumexp;
+    py::array result = new_result(half_output ? x.dtype() : py::dtype::of<T>(), shape);
     SoftmaxProblem<T> problem;
-    problem.input = static_cast<const T*>(x.data());
+    if (half >= 0) {
+        problem.input_half = static_cast<const std::uint16_t*>(x.data());
+        problem.half_format = static_cast<HalfFormat>(half);
+    } else {
+        problem.input = static_cast<const T*>(x.data());
+    }
     problem.view = tiled_view<T>(ClassAxisView{rows, classes, 1, classes, 1});
     problem.op = op;
-    problem.output = static_cast<T*>(result.mutable_data());
+    if (half_output) {
+        problem.output_half = static_cast<std::uint16_t*>(result.mutable_data());
+    } else {
+        problem.output = static_cast<T*>(result.mutable_data());
+    }
     std::vector<double> workspace(static_cast<std::size_t>(split_workspace_size(problem.view)));
     problem.workspace = workspace.data();
+    std::vector<T> staging;
+    set_staging(problem, staging, false);
     {
         py::gil_scoped_release release;
         kernel(problem);
     }
+    if (half >= 0 && !half_output) return narrowed_result(result, x.dtype(), half);
     return result;
 }
 
@@ -70,8 +85,10 @@ py::object softmax_fast(const py::handle& input, int op_code, std::int64_t axis)
     if (axis != -1 && axis != x.ndim() - 1) return py::none();
     const SoftmaxOp op = static_cast<SoftmaxOp>(op_code);
     const KernelTable& table = kernels();
-    if (has_dtype<float>(x)) return softmax_fast_typed<float>(x, op, table.softmax_float);
-    if (has_dtype<double>(x)) return softmax_fast_typed<double>(x, op, table.softmax_double);
+    if (has_dtype<float>(x)) return softmax_fast_typed<float>(x, -1, op, table.softmax_float);
+    if (has_dtype<double>(x)) return softmax_fast_typed<double>(x, -1, op, table.softmax_double);
+    const int half = half_format_of(x);
+    if (half >= 0 && x.shape(x.ndim() - 1) > 0) return softmax_fast_typed<float>(x, half, op, table.softmax_float);
     return py::none();
 }
 

@@ -29,6 +29,10 @@ constexpr std::size_t kKeptResultBytes = std::size_t{32} << 20;
 // holds kKeptResultBytes or more, else NumPy's own.
 py::array new_result(const py::dtype& dtype, const std::vector<py::ssize_t>& shape);
 
+// A new result of `dtype`, a 16-bit float dtype of format `half` (0 float16, 1 bfloat16), holding
+// `values` (float32, C-contiguous) rounded to it (KernelTable::float_to_half), in values' shape.
+py::array narrowed_result(const py::array& values, const py::dtype& dtype, int half);
+
 template <typename T>
 py::array new_result(const std::vector<py::ssize_t>& shape) {
     return new_result(py::dtype::of<T>(), shape);

@@ -39,9 +39,19 @@ def _bfloat16() -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16)
 
 
+_known_bfloat16: Optional[np.dtype] = None
+
+
 def is_bfloat16(dtype: np.dtype) -> bool:
-    """ml_dtypes' bfloat16 (recognised by name: ml_dtypes is optional and imported only when needed)."""
-    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
+    """ml_dtypes' bfloat16 (recognised by name: ml_dtypes is optional and imported only when needed).
+    The dtype found is kept: forming a dtype's name takes microseconds."""
+    global _known_bfloat16
+    if dtype is _known_bfloat16:
+        return True
+    if dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16":
+        _known_bfloat16 = dtype
+        return True
+    return False
 
 
 def _foreign(x: Any) -> Optional[np.ndarray]:

@@ -28,21 +28,23 @@ def release_memory() -> int: ...
 def narrow(values: np.ndarray, out: np.ndarray, half: int) -> None: ...
 
 # register_softmax.cpp. op: 0 log_softmax, 1 softmax, 2 logsumexp. softmax_fast: the common call
-# (class axis last, as -1 or ndim - 1, no out=) on a C-contiguous float32/float64 array, or None.
+# (class axis last, as -1 or ndim - 1, no out=) on a C-contiguous float32, float64, float16 or
+# bfloat16 array (16-bit: at least one class), with a result of its dtype; or None.
 def softmax_fast(input: Any, op: int, axis: int) -> Optional[np.ndarray]: ...
 def softmax(input: np.ndarray, view: View, op: int, out: np.ndarray, half: int = -1) -> None: ...
 
 # register_loss.cpp. The common call's fast path (reduction: 0 none, 1 mean, 2 sum): the mean or the
 # sum as a float, the row losses as a new array ("none"), or None when the arguments need the Python
-# layer (anything but a C-contiguous (N, C) float32/float64 array and (N,) targets of a signed integer
-# dtype or an unsigned one of up to 32 bits).
+# layer (anything but a C-contiguous (N, C) float32, float64, float16 or bfloat16 array and (N,)
+# targets of a signed integer dtype or an unsigned one of up to 32 bits). Results have input's dtype.
 def cross_entropy_fast(
     input: Any, target: Any, ignore_index: int, reduction: int
 ) -> Union[float, np.ndarray, None]: ...
 
 # The same for the other common calls: the loss (with_loss), the gradient times grad_output
 # (with_grad; into out, or a new array like input), or (loss, gradient); save_stats / saved_stats as
-# cross_entropy's. None also when out needs the Python layer's checks (shape, dtype, layout, overlap).
+# cross_entropy's. None also when out needs the Python layer's checks (shape, dtype, layout, overlap;
+# any out of 16-bit logits).
 def cross_entropy_fast_with(
     input: Any,
     target: Any,
