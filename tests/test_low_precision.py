@@ -301,8 +301,8 @@ def test_transposed_tiles_of_rows_of_a_wider_array(rng, name, classes, softcap):
 @pytest.mark.parametrize("shape", [(37, 11), (5, 3000), (300, 2), (0, 7)], ids=["37x11", "5x3000", "300x2", "empty"])
 def test_fast_path_gives_the_general_paths_bits(rng, name, shape):
     """The common call on 16-bit logits (C-contiguous (N, C), a 1-D integer array of targets, default
-    options) is taken by _core directly, as for float32; targets given as a memoryview, and a
-    Fortran-ordered copy of the logits, take the general path. Both give the same bits."""
+    options) is taken by _core directly, as for float32 (nll_loss too); targets given as a memoryview,
+    and a Fortran-ordered copy of the logits, take the general path. Both give the same bits."""
     from fastxent import _core
 
     dtype = _dtype(name)
@@ -327,6 +327,13 @@ def test_fast_path_gives_the_general_paths_bits(rng, name, shape):
                 _same(np.asarray(fast), np.asarray(general))
         want = fx.cross_entropy(x.astype(np.float32), target, reduction=reduction)
         _same(np.asarray(fx.cross_entropy(x, target, reduction=reduction)), np.asarray(want).astype(dtype))
+    log_probs = fx.log_softmax(x)
+    assert _core.nll_loss_fast(log_probs, target, -100, 1) is not None
+    for reduction in ["none", "mean", "sum"]:
+        fast = fx.nll_loss(log_probs, target, reduction=reduction)
+        general = fx.nll_loss(log_probs, memoryview(target), reduction=reduction)
+        assert type(fast) is type(general) and np.asarray(fast).dtype == dtype
+        _same(np.asarray(fast), np.asarray(general))
     for op in ["log_softmax", "softmax", "logsumexp"]:
         code = {"log_softmax": 0, "softmax": 1, "logsumexp": 2}[op]
         assert _core.softmax_fast(x, code, -1) is not None

@@ -165,3 +165,23 @@ def test_many_rows_in_blocks(rng, restore_num_threads, shape, axis):
     denominator = float(np.sum(weight[target[kept]].astype(np.float64)))
     np.testing.assert_allclose(results[1][0], total, rtol=2**-24)
     np.testing.assert_allclose(results[1][1], total / denominator, rtol=2**-24)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(37, 11), (0, 7), (40_000, 3)], ids=["37x11", "empty", "40000x3"])
+def test_fast_path_gives_the_general_paths_bits(rng, shape, dtype):
+    """The common call (C-contiguous (N, C) log-probabilities, a 1-D integer array of targets, default
+    options) is taken by _core directly; targets given as a memoryview take the general path."""
+    from fastxent import _core
+
+    log_probs = (-3.0 * rng.random(shape)).astype(dtype)
+    target = rng.integers(0, shape[1], shape[0])
+    target[::4] = -100
+    for reduction, code in [("none", 0), ("mean", 1), ("sum", 2)]:
+        assert _core.nll_loss_fast(log_probs, target, -100, code) is not None
+        fast = fx.nll_loss(log_probs, target, reduction=reduction)
+        general = fx.nll_loss(log_probs, memoryview(target), reduction=reduction)
+        assert type(fast) is type(general) and np.asarray(fast).dtype == dtype
+        np.testing.assert_array_equal(fast, general)
+        expected = ref.nll_loss(upcast(log_probs), target, reduction=reduction)
+        assert_loss_close(fast, expected, dtype, reduction, shape[0])

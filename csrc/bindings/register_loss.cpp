@@ -331,6 +331,37 @@ py::object cross_entropy_fast_with(const py::handle& input, const py::handle& ta
     return py::none();
 }
 
+// nll_loss(log_probs, t, reduction=...), as cross_entropy_fast: the mean or the sum as a float, or
+// the row losses as a new array of the input's dtype. 16-bit log-probabilities (half >= 0, T float)
+// are read in place, their row losses rounded to their dtype.
+template <typename T>
+py::object nll_loss_fast_typed(const py::array& x, int half, const py::array& t, std::int64_t ignore_index,
+                               Reduction reduction) {
+    const std::int64_t rows = x.shape(0);
+    const std::int64_t classes = x.shape(1);
+    const ClassAxisView view{rows, classes, 1, classes, 1};
+    const py::object row_loss =
+        reduction == Reduction::none ? py::object(py::array_t<T>(static_cast<py::ssize_t>(rows))) : py::none();
+    const py::tuple result =
+        run_nll<T>(half >= 0 ? half_bits(x) : x, half, view, t, py::none(), ignore_index, row_loss);
+    if (reduction != Reduction::none) return reduced_loss(result, reduction);
+    return half >= 0 ? py::object(narrowed_result(row_loss, x.dtype(), half)) : row_loss;
+}
+
+py::object nll_loss_fast(const py::handle& input, const py::handle& target, std::int64_t ignore_index, int reduction) {
+    if (!fast_logits(input, reduction)) return py::none();
+    const py::array x = py::reinterpret_borrow<py::array>(input);
+    const py::object indices = fast_targets(target, x.shape(0));
+    if (indices.is_none()) return py::none();
+    const py::array t = py::reinterpret_borrow<py::array>(indices);
+    const Reduction r = static_cast<Reduction>(reduction);
+    if (has_dtype<float>(x)) return nll_loss_fast_typed<float>(x, -1, t, ignore_index, r);
+    if (has_dtype<double>(x)) return nll_loss_fast_typed<double>(x, -1, t, ignore_index, r);
+    const int half = half_format_of(x);
+    if (half >= 0) return nll_loss_fast_typed<float>(x, half, t, ignore_index, r);
+    return py::none();
+}
+
 void register_loss(py::module_& module) {
     module.def("cross_entropy_fast", &cross_entropy_fast, py::arg("input"), py::arg("target"),
                py::arg("ignore_index"), py::arg("reduction"));
@@ -366,6 +397,8 @@ void register_loss(py::module_& module) {
         py::arg("grad_rows"), py::arg("row_loss"), py::arg("grad"), py::arg("save_stats"),
         py::arg("saved_stats"), py::arg("want_sum"), py::arg("half") = -1, py::arg("softcap") = 0.0);
 
+    module.def("nll_loss_fast", &nll_loss_fast, py::arg("input"), py::arg("target"), py::arg("ignore_index"),
+               py::arg("reduction"));
     module.def(
         "nll_loss",
         [](const py::array& input, const ViewTuple& view_tuple, const py::object& target, const py::object& weight,

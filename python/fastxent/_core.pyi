@@ -79,6 +79,10 @@ def cross_entropy(
     half: int = -1,
     softcap: float = 0.0,  # 0.0: none
 ) -> Tuple[float, float]: ...
+# nll_loss's common call, as cross_entropy_fast (log-probabilities in place of logits).
+def nll_loss_fast(
+    input: Any, target: Any, ignore_index: int, reduction: int
+) -> Union[float, np.ndarray, None]: ...
 def nll_loss(
     input: np.ndarray,
     view: View,
