@@ -54,11 +54,10 @@ inline int half_format_of(const py::array& array) {
     if (dtype.itemsize() != 2 || dtype.byteorder() != '=') return -1;
     if (dtype.kind() == 'f') return 0;
     if (dtype.ptr() == bfloat16) return 1;
-    if (dtype.kind() == 'V' && bfloat16 == nullptr && py::str(dtype.attr("name")).cast<std::string>() == "bfloat16") {
-        bfloat16 = dtype.inc_ref().ptr();
-        return 1;
-    }
-    return -1;
+    if (dtype.kind() != 'V' || bfloat16 != nullptr) return -1;
+    if (py::str(dtype.attr("name")).cast<std::string>() != "bfloat16") return -1;
+    bfloat16 = dtype.inc_ref().ptr();
+    return 1;
 }
 
 // The bits of a 16-bit float array (as the kernels take them: uint16), without a copy.

@@ -150,7 +150,7 @@ template <typename T>
 py::tuple run_nll(const py::array& input, int half, const ClassAxisView& view, const py::object& target,
                   const py::object& weight, std::int64_t ignore_index, const py::object& row_loss) {
     const std::int64_t rows = view.rows();
-    CrossEntropyProblem<T> logits;
+    CrossEntropyProblem<T> logits;  // only its logits: T, or 16-bit floats
     set_logits<T>(logits, input, half);
     const T* weight_data = dense_data<T>(weight, "weight", view.classes, false);
     std::int64_t kept = 0;

@@ -93,9 +93,8 @@ py::array new_result(const py::dtype& dtype, const std::vector<py::ssize_t>& sha
 py::array narrowed_result(const py::array& values, const py::dtype& dtype, int half) {
     const std::vector<py::ssize_t> shape(values.shape(), values.shape() + values.ndim());
     py::array result = new_result(dtype, shape);
-    py::array bits = result.view("uint16");
     const float* source = static_cast<const float*>(values.data());
-    std::uint16_t* target = static_cast<std::uint16_t*>(bits.mutable_data());
+    std::uint16_t* target = static_cast<std::uint16_t*>(result.mutable_data());
     const std::int64_t count = static_cast<std::int64_t>(values.size());
     {
         py::gil_scoped_release release;
