@@ -301,8 +301,9 @@ def test_transposed_tiles_of_rows_of_a_wider_array(rng, name, classes, softcap):
 @pytest.mark.parametrize("shape", [(37, 11), (5, 3000), (300, 2), (0, 7)], ids=["37x11", "5x3000", "300x2", "empty"])
 def test_fast_path_gives_the_general_paths_bits(rng, name, shape):
     """The common call on 16-bit logits (C-contiguous (N, C), a 1-D integer array of targets, default
-    options) is taken by _core directly, as for float32 (nll_loss too); targets given as a memoryview,
-    and a Fortran-ordered copy of the logits, take the general path. Both give the same bits."""
+    options; a gradient into `out` of their dtype or float32, or in place) is taken by _core directly,
+    as for float32 (nll_loss too); targets given as a memoryview, and a Fortran-ordered copy of the
+    logits, take the general path. Both give the same bits."""
     from fastxent import _core
 
     dtype = _dtype(name)
@@ -327,6 +328,20 @@ def test_fast_path_gives_the_general_paths_bits(rng, name, shape):
                 _same(np.asarray(fast), np.asarray(general))
         want = fx.cross_entropy(x.astype(np.float32), target, reduction=reduction)
         _same(np.asarray(fx.cross_entropy(x, target, reduction=reduction)), np.asarray(want).astype(dtype))
+    for out in ["16-bit", "float32", "in-place"]:  # gradients into `out`
+        logits = x.copy()
+        probe = {"16-bit": np.empty_like(x), "float32": np.empty(shape, np.float32), "in-place": logits}[out]
+        assert _core.cross_entropy_fast_with(logits, target, -100, 1, 1.0, False, True, probe, None, None) is not None
+        grads = []
+        for t in (target, memoryview(target)):
+            logits = x.copy()
+            buffer = {"16-bit": np.empty_like(x), "float32": np.empty(shape, np.float32), "in-place": logits}[out]
+            loss, grad = fx.cross_entropy_with_grad(logits, t, reduction="sum", out=buffer)
+            assert grad is buffer
+            grads.append((loss, grad))
+        (fast_loss, fast_grad), (general_loss, general_grad) = grads
+        np.testing.assert_array_equal(fast_grad.view(np.uint8), general_grad.view(np.uint8))
+        _same(np.asarray(fast_loss), np.asarray(general_loss))
     log_probs = fx.log_softmax(x)
     assert _core.nll_loss_fast(log_probs, target, -100, 1) is not None
     for reduction in ["none", "mean", "sum"]:

@@ -243,13 +243,14 @@ py::object cross_entropy_fast(const py::handle& input, const py::handle& target,
 }
 
 // Whether `out` may take the gradient of x in the fast path: a writeable C-contiguous array of x's
-// dtype and shape that is either x's own elements (in place) or shares no memory with x or t (the
-// caller's targets, before any conversion). Any other `out` is left to the Python layer, which
-// raises the error.
+// dtype (or float32, for 16-bit x) and shape that is either x's own elements (in place) or shares no
+// memory with x or t (the caller's targets, before any conversion). Any other `out` is left to the
+// Python layer, which raises the error.
 template <typename T>
-bool fast_out(const py::handle& out, const py::array& x, const py::array& t) {
-    if (!py::isinstance<py::array_t<T>>(out)) return false;
+bool fast_out(const py::handle& out, const py::array& x, int half, const py::array& t) {
+    if (!py::isinstance<py::array>(out)) return false;
     const py::array o = py::reinterpret_borrow<py::array>(out);
+    if (!(has_dtype<T>(o) || (half >= 0 && o.dtype().equal(x.dtype())))) return false;
     if (o.ndim() != 2 || o.shape(0) != x.shape(0) || o.shape(1) != x.shape(1)) return false;
     if (!(o.flags() & py::array::c_style) || !o.writeable()) return false;
     // Memory bounds as numpy.may_share_memory sees them (t may be strided, even backwards).
@@ -274,8 +275,8 @@ bool fast_out(const py::handle& out, const py::array& x, const py::array& t) {
 //   * save_stats / saved_stats: the rows' statistics (float64, 2 a row) saved for a later gradient,
 //     or read instead of recomputed (CrossEntropyLoss.forward and .backward).
 // Returns the loss, the gradient, or (loss, gradient) when both are asked for. 16-bit logits (half >= 0,
-// T float) as in cross_entropy_fast_typed, with a gradient of their dtype (their `out` is left to the
-// Python layer).
+// T float) as in cross_entropy_fast_typed, with a gradient of their dtype, or float32 into such an
+// `out`.
 template <typename T>
 py::object cross_entropy_fast_with_typed(const py::array& x, int half, const py::array& t, const py::array& given,
                                          std::int64_t ignore_index,
@@ -286,17 +287,18 @@ py::object cross_entropy_fast_with_typed(const py::array& x, int half, const py:
     const std::int64_t classes = x.shape(1);
     const ClassAxisView view{rows, classes, 1, classes, 1};
     const py::object none = py::none();
-    if (with_grad && !out.is_none() && (half >= 0 || !fast_out<T>(out, x, given))) return none;
+    if (with_grad && !out.is_none() && !fast_out<T>(out, x, half, given)) return none;
     const py::object row_loss =
         with_loss && reduction == Reduction::none ? py::object(py::array_t<T>(static_cast<py::ssize_t>(rows))) : none;
     const py::dtype result_dtype = half >= 0 ? x.dtype() : py::dtype::of<T>();
     const py::object grad =
         !with_grad ? none : !out.is_none() ? out : py::object(new_result(result_dtype, {rows, classes}));
     const bool want_sum = with_loss && reduction != Reduction::none;
+    const bool grad_16_bits = half >= 0 && with_grad && !has_dtype<float>(grad);  // (else a float32 out)
     const py::tuple result =
         run_cross_entropy<T>(half >= 0 ? half_bits(x) : x, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0,
-                             reduction, grad_output, none, row_loss, half >= 0 && with_grad ? half_bits(grad) : grad,
-                             save_stats, saved_stats, want_sum, kernel);
+                             reduction, grad_output, none, row_loss, grad_16_bits ? half_bits(grad) : grad, save_stats,
+                             saved_stats, want_sum, kernel);
     py::object loss = row_loss;
     if (want_sum) {
         loss = reduced_loss(result, reduction);

@@ -43,8 +43,7 @@ def cross_entropy_fast(
 
 # The same for the other common calls: the loss (with_loss), the gradient times grad_output
 # (with_grad; into out, or a new array like input), or (loss, gradient); save_stats / saved_stats as
-# cross_entropy's. None also when out needs the Python layer's checks (shape, dtype, layout, overlap;
-# any out of 16-bit logits).
+# cross_entropy's. None also when out needs the Python layer's checks (shape, dtype, layout, overlap).
 def cross_entropy_fast_with(
     input: Any,
     target: Any,
