@@ -142,9 +142,8 @@ def test_empty_batch(reduction):
 @pytest.mark.parametrize("shape,axis", [((100_000, 3), 1), ((3, 4, 20_000), 1), ((30_001, 2, 3), 1)])
 def test_many_rows_in_blocks(rng, restore_num_threads, shape, axis):
     """Many rows are summed in blocks spread over threads (block boundaries inside an outer position
-    of the layouts with the class axis not last): every row loss is -w[t] * log_probs[t]
-    rounded once, the sum is the float64 sum to float32 rounding, and neither depends on the thread
-    count."""
+    of the layouts with the class axis not last): every row loss is -w[t] * log_probs[t] rounded
+    once, the sum is the float64 sum to float32 rounding, and neither depends on the thread count."""
     log_probs = (-3.0 * rng.random(shape)).astype(np.float32)
     classes = shape[axis]
     row_shape = shape[:axis] + shape[axis + 1 :]
