@@ -144,7 +144,7 @@ struct KernelTable {
     void (*score_spans_double)(const ScoreSpansProblem<double>&) = nullptr;
     TargetCheck (*check_targets)(const std::int64_t* target, std::int64_t count, std::int64_t classes,
                                  std::int64_t ignore_index) = nullptr;
-    // out[i] = values[i] rounded to `format` (to nearest even, as NumPy's cast; see staging.h), i < count.
+    // out[i] = values[i] rounded to `format` (to nearest even, as NumPy's cast; see half.h), i < count.
     void (*float_to_half)(const float* values, std::uint16_t* out, std::int64_t count, HalfFormat format) = nullptr;
     // ClassAxisView::tile_classes for float and double views.
     std::int64_t tile_classes_float = kSmallClasses;
