@@ -60,8 +60,13 @@ inline int half_format_of(const py::array& array) {
     return 1;
 }
 
-// The bits of a 16-bit float array (as the kernels take them: uint16), without a copy.
-inline py::array half_bits(py::array array) { return array.view("uint16"); }
+// `object` as the kernels take 16-bit floats, their bits (uint16): a float16 or bfloat16 array is
+// viewed as its bits, without a copy; anything else is returned as it is.
+inline py::object as_half_bits(const py::object& object) {
+    if (!py::isinstance<py::array>(object) || has_dtype<std::uint16_t>(object)) return object;
+    py::array array = py::reinterpret_borrow<py::array>(object);
+    return half_format_of(array) >= 0 ? py::object(array.view("uint16")) : object;
+}
 
 // A read-only input; null when `object` is None. Strided inputs are allowed (the view says how to walk them).
 template <typename T>
@@ -90,7 +95,7 @@ T* dense_data(const py::object& object, const char* name, std::int64_t size, boo
 }
 
 // The logits of a problem: T, or (half = 0 float16, 1 bfloat16; -1 for none) 16-bit floats handed
-// over as uint16, for a float kernel.
+// over as uint16 or in their own dtype, for a float kernel.
 template <typename T, typename Problem>
 void set_logits(Problem& problem, const py::array& input, int half) {
     if (half < 0) {
@@ -98,17 +103,18 @@ void set_logits(Problem& problem, const py::array& input, int half) {
         return;
     }
     if (half > 1) throw std::invalid_argument("unknown 16-bit format code");
-    problem.input_half = input_data<std::uint16_t>(input, "input");
+    problem.input_half = input_data<std::uint16_t>(as_half_bits(input), "input");
     problem.half_format = static_cast<HalfFormat>(half);
 }
 
 // An output of `size` elements that is either T or, for a call on 16-bit logits, 16-bit floats
-// (uint16) in the logits' format; null when `object` is None.
+// (uint16, or an array of their dtype) in the logits' format; null when `object` is None.
 template <typename T>
 void set_output(const py::object& object, const char* name, std::int64_t size, int half, T*& native,
                 std::uint16_t*& half_data) {
-    if (half >= 0 && !object.is_none() && has_dtype<std::uint16_t>(object)) {
-        half_data = dense_data<std::uint16_t>(object, name, size, true);
+    const py::object bits = half >= 0 ? as_half_bits(object) : object;
+    if (half >= 0 && !bits.is_none() && has_dtype<std::uint16_t>(bits)) {
+        half_data = dense_data<std::uint16_t>(bits, name, size, true);
     } else {
         native = dense_data<T>(object, name, size, true);
     }

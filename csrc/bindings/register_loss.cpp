@@ -234,15 +234,14 @@ py::object cross_entropy_fast_typed(const py::array& x, int half, const py::arra
     const std::int64_t classes = x.shape(1);
     const ClassAxisView view{rows, classes, 1, classes, 1};
     const py::object none = py::none();
-    const py::array logits = half >= 0 ? half_bits(x) : x;
     if (reduction == Reduction::none) {
         py::array_t<T> row_loss(static_cast<py::ssize_t>(rows));
-        run_cross_entropy<T>(logits, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, reduction, 1.0, none,
+        run_cross_entropy<T>(x, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, reduction, 1.0, none,
                              row_loss, none, none, none, false, kernel);
         if (half >= 0) return narrowed_result(row_loss, x.dtype(), half);
         return std::move(row_loss);
     }
-    const py::tuple result = run_cross_entropy<T>(logits, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0,
+    const py::tuple result = run_cross_entropy<T>(x, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0,
                                                   reduction, 1.0, none, none, none, none, none, true, kernel);
     return reduced_loss(result, reduction);
 }
@@ -311,11 +310,9 @@ py::object cross_entropy_fast_with_typed(const py::array& x, int half, const py:
     const py::object grad =
         !with_grad ? none : !out.is_none() ? out : py::object(new_result(result_dtype, {rows, classes}));
     const bool want_sum = with_loss && reduction != Reduction::none;
-    const bool grad_16_bits = half >= 0 && with_grad && !has_dtype<float>(grad);  // (else a float32 out)
-    const py::tuple result =
-        run_cross_entropy<T>(half >= 0 ? half_bits(x) : x, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0,
-                             reduction, grad_output, none, row_loss, grad_16_bits ? half_bits(grad) : grad, save_stats,
-                             saved_stats, want_sum, kernel);
+    const py::tuple result = run_cross_entropy<T>(x, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0,
+                                                  reduction, grad_output, none, row_loss, grad, save_stats,
+                                                  saved_stats, want_sum, kernel);
     py::object loss = row_loss;
     if (want_sum) {
         loss = reduced_loss(result, reduction);
@@ -357,8 +354,7 @@ py::object nll_loss_fast_typed(const py::array& x, int half, const py::array& t,
     const ClassAxisView view{rows, classes, 1, classes, 1};
     const py::object row_loss =
         reduction == Reduction::none ? py::object(py::array_t<T>(static_cast<py::ssize_t>(rows))) : py::none();
-    const py::tuple result =
-        run_nll<T>(half >= 0 ? half_bits(x) : x, half, view, t, py::none(), ignore_index, row_loss);
+    const py::tuple result = run_nll<T>(x, half, view, t, py::none(), ignore_index, row_loss);
     if (reduction != Reduction::none) return reduced_loss(result, reduction);
     return half >= 0 ? py::object(narrowed_result(row_loss, x.dtype(), half)) : row_loss;
 }
