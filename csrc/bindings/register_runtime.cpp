@@ -45,19 +45,16 @@ void register_runtime(py::module_& module) {
         [](const std::vector<py::ssize_t>& shape, const py::dtype& dtype) { return new_result(dtype, shape); },
         py::arg("shape"), py::arg("dtype"));
     module.def("release_memory", &release_kept_memory);
-    // values (float32) rounded into out, the bits (uint16) of 16-bit floats of format `half` (0
-    // float16, 1 bfloat16); both C-contiguous, of one size.
+    // values (float32, C-contiguous) rounded to `dtype`, 16-bit floats of format `half` (0 float16,
+    // 1 bfloat16): a new array of values' shape.
     module.def(
         "narrow",
-        [](const py::array& values, const py::array& out, int half) {
-            if (half < 0 || half > 1) throw std::invalid_argument("unknown 16-bit format code");
-            const std::int64_t count = static_cast<std::int64_t>(values.size());
-            const float* source = dense_data<float>(values, "values", count, false);
-            std::uint16_t* target = dense_data<std::uint16_t>(out, "out", count, true);
-            py::gil_scoped_release release;
-            kernels().float_to_half(source, target, count, static_cast<HalfFormat>(half));
+        [](const py::array& values, const py::dtype& dtype, int half) {
+            if (half < 0 || half > 1 || dtype.itemsize() != 2) throw std::invalid_argument("not a 16-bit format");
+            dense_data<float>(values, "values", static_cast<std::int64_t>(values.size()), false);
+            return narrowed_result(values, dtype, half);
         },
-        py::arg("values"), py::arg("out"), py::arg("half"));
+        py::arg("values"), py::arg("dtype"), py::arg("half"));
 }
 
 }  // namespace fastxent::bindings

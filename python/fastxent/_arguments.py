@@ -359,9 +359,7 @@ def cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if array.dtype == dtype:
         return array
     if array.dtype == _FLOAT32 and dtype.itemsize == 2 and array.flags.c_contiguous:
-        result = new_result(array.shape, dtype)
-        _core.narrow(array, result.view(_UINT16), half_code(dtype))
-        return result
+        return _core.narrow(array, dtype, half_code(dtype))
     with np.errstate(over="ignore"):
         return array.astype(dtype)
 
