@@ -377,14 +377,7 @@ def nll_loss(
     """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``:
     ``-w[t] * log_probs[t]`` per row, reduced like ``cross_entropy``. Index targets only; 16-bit
     log-probabilities are read in place (one element a row)."""
-    if (
-        weight is None
-        and axis is None
-        and type(reduction) is str
-        and reduction in args.REDUCTIONS
-        and type(ignore_index) is int
-        and -(2**63) <= ignore_index < 2**63
-    ):
+    if _plain_options(weight, axis, ignore_index, reduction, 0.0, 0.0, False, None):
         loss = _core.nll_loss_fast(log_probs, target, ignore_index, args.REDUCTIONS[reduction])
         if loss is not None:
             return loss if reduction == "none" else args.scalar(loss, log_probs.dtype)
