@@ -302,8 +302,9 @@ def test_transposed_tiles_of_rows_of_a_wider_array(rng, name, classes, softcap):
 def test_fast_path_gives_the_general_paths_bits(rng, name, shape):
     """The common call on 16-bit logits (C-contiguous (N, C), a 1-D integer array of targets, default
     options; a gradient into `out` of their dtype or float32, or in place) is taken by _core directly,
-    as for float32 (nll_loss too); targets given as a memoryview, and a Fortran-ordered copy of the
-    logits, take the general path. Both give the same bits."""
+    as for float32 (nll_loss and the softmax family, with or without out=, too); targets given as a
+    memoryview, and a Fortran-ordered copy of the logits, take the general path. Both give the same
+    bits."""
     from fastxent import _core
 
     dtype = _dtype(name)
@@ -356,6 +357,13 @@ def test_fast_path_gives_the_general_paths_bits(rng, name, shape):
         assert fast.dtype == dtype
         _same(fast, getattr(fx, op)(np.asfortranarray(x), axis=1))
         _same(fast, getattr(fx, op)(x.astype(np.float32)).astype(dtype))
+        if op != "logsumexp":  # into out= of their dtype, and in place
+            out = np.empty_like(x)
+            assert _core.softmax_fast(x, code, -1, out) is out
+            _same(out, fast)
+            in_place = x.copy()
+            assert getattr(fx, op)(in_place, out=in_place) is in_place
+            _same(in_place, fast)
 
 
 @pytest.mark.parametrize("name", DTYPES)

@@ -156,6 +156,44 @@ def test_out_is_filled_and_returned(rng, function, dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("function", ELEMENTWISE)
+@pytest.mark.parametrize("shape", [(37, 11), (3, 2, 700), (300, 2), (0, 5), (4, 0)])
+def test_out_on_the_common_call_gives_the_general_paths_bits(rng, function, dtype, shape):
+    """A valid out= of a C-contiguous array along its last axis is taken by _core directly, as is an
+    in-place result; any other out= is left to the general path (None), which raises the error.
+    The fast and the general path write the same bits."""
+    from fastxent import _core
+
+    code = {"log_softmax": 0, "softmax": 1}[function]
+    x = make_logits(rng, shape, dtype) if 0 not in shape else np.zeros(shape, dtype)
+    general = getattr(fx, function)(np.asfortranarray(x), axis=-1)
+    out = np.full(shape, np.nan, dtype)
+    assert _core.softmax_fast(x, code, -1, out) is out
+    np.testing.assert_array_equal(out, general)
+    out[...] = np.nan
+    assert getattr(fx, function)(x, axis=len(shape) - 1, out=out) is out
+    np.testing.assert_array_equal(out, general)
+    in_place = x.copy()
+    assert _core.softmax_fast(in_place, code, -1, in_place) is in_place
+    np.testing.assert_array_equal(in_place, general)
+    other = np.float64 if dtype == np.float32 else np.float32
+    read_only = np.empty(shape, dtype)
+    read_only.flags.writeable = False
+    refused = [np.empty(shape, other), np.empty(shape + (1,), dtype), np.empty(shape[1:], dtype), read_only, [0.0]]
+    if min(shape) > 1:
+        refused += [np.empty(shape, dtype, order="F"), np.empty(shape[::-1], dtype)]
+    for bad in refused:
+        assert _core.softmax_fast(x, code, -1, bad) is None
+    assert _core.softmax_fast(x, 2, -1, np.empty(shape[:-1], dtype)) is None, "logsumexp takes no out="
+    if x.size:
+        buffer = np.zeros((x.size + shape[-1],), dtype)
+        shifted = buffer[shape[-1] :].reshape(shape)
+        shifted[...] = x
+        assert _core.softmax_fast(shifted, code, -1, buffer[: x.size].reshape(shape)) is None
+        assert _core.softmax_fast(shifted, code, -1, shifted[...]) is not None, "a view of the same elements"
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_log_softmax_masks_and_all_masked_rows(dtype):
     x = np.array(
         [[1.0, -np.inf, 2.0, -np.inf], [-np.inf] * 4, [0.0, 0.0, -np.inf, 0.0]],

@@ -131,4 +131,38 @@ void set_staging(Problem& problem, std::vector<T>& buffer, bool capped, bool spl
     problem.staging = buffer.data();
 }
 
+// Whether two arrays' memory bounds meet, as numpy.may_share_memory sees them (either may be strided,
+// even backwards); empty arrays meet nothing.
+inline bool bounds_overlap(const py::array& a, const py::array& b) {
+    if (a.size() == 0 || b.size() == 0) return false;
+    const auto bounds = [](const py::array& array, const char*& first, const char*& last) {
+        first = static_cast<const char*>(array.data());
+        last = first + array.itemsize();
+        for (py::ssize_t d = 0; d < array.ndim(); ++d) {
+            (array.strides(d) < 0 ? first : last) += array.strides(d) * (array.shape(d) - 1);
+        }
+    };
+    const char *a_first, *a_last, *b_first, *b_last;
+    bounds(a, a_first, a_last);
+    bounds(b, b_first, b_last);
+    return a_first < b_last && b_first < a_last;
+}
+
+// Whether `out` may take, on a common call's fast path, a result of x's shape in `dtype`: a writeable
+// C-contiguous array of exactly that shape and dtype that is either x's own elements (an in-place
+// result; every kernel reads an element, or its row's statistics, before it writes it) or shares no
+// memory with x. Anything else is left to the Python layer, which raises the error.
+inline bool usable_out(const py::handle& out, const py::array& x, const py::dtype& dtype) {
+    if (!py::isinstance<py::array>(out)) return false;
+    const py::array o = py::reinterpret_borrow<py::array>(out);
+    if (!o.dtype().equal(dtype) || o.ndim() != x.ndim()) return false;
+    for (py::ssize_t d = 0; d < x.ndim(); ++d) {
+        if (o.shape(d) != x.shape(d)) return false;
+    }
+    if (!(o.flags() & py::array::c_style) || !o.writeable()) return false;
+    bool same_elements = o.data() == x.data() && o.dtype().equal(x.dtype());
+    for (py::ssize_t d = 0; same_elements && d < x.ndim(); ++d) same_elements = o.strides(d) == x.strides(d);
+    return same_elements || !bounds_overlap(o, x);
+}
+
 }  // namespace fastxent::bindings

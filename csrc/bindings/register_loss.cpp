@@ -258,31 +258,12 @@ py::object cross_entropy_fast(const py::handle& input, const py::handle& target,
     return cross_entropy_fast_typed<float>(call->x, call->half, call->t, ignore_index, r, table.cross_entropy_float);
 }
 
-// Whether `out` may take the gradient of x in the fast path: a writeable C-contiguous array of x's
-// dtype (or float32, for 16-bit x) and shape that is either x's own elements (in place) or shares no
-// memory with x or t (the caller's targets, before any conversion). Any other `out` is left to the
-// Python layer, which raises the error.
+// Whether `out` may take the gradient of x in the fast path: usable_out for x's dtype (or float32, for
+// 16-bit x) that also shares no memory with t (the caller's targets, before any conversion).
 template <typename T>
 bool fast_out(const py::handle& out, const py::array& x, int half, const py::array& t) {
-    if (!py::isinstance<py::array>(out)) return false;
-    const py::array o = py::reinterpret_borrow<py::array>(out);
-    if (!(has_dtype<T>(o) || (half >= 0 && o.dtype().equal(x.dtype())))) return false;
-    if (o.ndim() != 2 || o.shape(0) != x.shape(0) || o.shape(1) != x.shape(1)) return false;
-    if (!(o.flags() & py::array::c_style) || !o.writeable()) return false;
-    // Memory bounds as numpy.may_share_memory sees them (t may be strided, even backwards).
-    const auto overlaps = [&o](const py::array& a) {
-        if (o.nbytes() == 0 || a.size() == 0) return false;
-        const char* a_first = static_cast<const char*>(a.data());
-        const char* a_last = a_first + a.itemsize();
-        for (py::ssize_t d = 0; d < a.ndim(); ++d) {
-            (a.strides(d) < 0 ? a_first : a_last) += a.strides(d) * (a.shape(d) - 1);
-        }
-        const char* o_first = static_cast<const char*>(o.data());
-        return o_first < a_last && a_first < o_first + o.nbytes();
-    };
-    const bool same_elements =
-        o.data() == x.data() && o.strides(0) == x.strides(0) && o.strides(1) == x.strides(1);
-    return !overlaps(t) && (same_elements || !overlaps(x));
+    const bool fits = usable_out(out, x, py::dtype::of<T>()) || (half >= 0 && usable_out(out, x, x.dtype()));
+    return fits && !bounds_overlap(py::reinterpret_borrow<py::array>(out), t);
 }
 
 // The other common calls, with the same arguments (t converted, `given` the caller's targets) plus:

@@ -29,19 +29,23 @@ void run_softmax(const py::array& input, int half, const ClassAxisView& axis_vie
     kernel(problem);
 }
 
-// The common call, f(x, axis) with x a C-contiguous array of float32, float64, float16 or bfloat16 of
-// at least one dimension and the class axis last (-1 or ndim - 1), no out=: the result, or None when
-// the arguments are anything else (the Python layer then takes over). 16-bit logits (half >= 0, T
-// float; at least one class) are computed in float32: log_softmax and softmax are written in their
+// The common call, f(x, axis, out) with x a C-contiguous array of float32, float64, float16 or bfloat16
+// of at least one dimension, the class axis last (-1 or ndim - 1) and `out` None or (log_softmax and
+// softmax) a usable_out of x's dtype: the result (`out` itself when given), or None when the arguments
+// are anything else (the Python layer then takes over, and raises any error). 16-bit logits (half >= 0,
+// T float; at least one class) are computed in float32: log_softmax and softmax are written in their
 // dtype, logsumexp is rounded to it.
 template <typename T>
-py::array softmax_fast_typed(const py::array& x, int half, SoftmaxOp op, void (*kernel)(const SoftmaxProblem<T>&)) {
+py::object softmax_fast_typed(const py::array& x, int half, SoftmaxOp op, const py::object& out,
+                              void (*kernel)(const SoftmaxProblem<T>&)) {
     const py::ssize_t ndim = x.ndim();
     const std::int64_t classes = x.shape(ndim - 1);
     const std::int64_t rows = classes == 0 ? x.size() : x.size() / classes;
     std::vector<py::ssize_t> shape(x.shape(), x.shape() + (op == SoftmaxOp::logsumexp ? ndim - 1 : ndim));
+    if (!out.is_none() && (op == SoftmaxOp::logsumexp || !usable_out(out, x, x.dtype()))) return py::none();
     if (classes == 0) {
         // Rows of no classes: logsumexp is -inf, the others are empty.
+        if (!out.is_none()) return out;
         std::int64_t count = 1;
         for (py::ssize_t d = 0; d + 1 < ndim; ++d) count *= x.shape(d);
         py::array_t<T> result(shape);
@@ -51,7 +55,8 @@ py::array softmax_fast_typed(const py::array& x, int half, SoftmaxOp op, void (*
         return std::move(result);
     }
     const bool half_output = half >= 0 && op != SoftmaxOp::logsumexp;
-    py::array result = new_result(half_output ? x.dtype() : py::dtype::of<T>(), shape);
+    py::array result = out.is_none() ? new_result(half_output ? x.dtype() : py::dtype::of<T>(), shape)
+                                     : py::reinterpret_borrow<py::array>(out);
     SoftmaxProblem<T> problem;
     if (half >= 0) {
         problem.input_half = static_cast<const std::uint16_t*>(x.data());
@@ -75,27 +80,28 @@ py::array softmax_fast_typed(const py::array& x, int half, SoftmaxOp op, void (*
         kernel(problem);
     }
     if (half >= 0 && !half_output) return narrowed_result(result, x.dtype(), half);
-    return result;
+    return std::move(result);
 }
 
-py::object softmax_fast(const py::handle& input, int op_code, std::int64_t axis) {
+py::object softmax_fast(const py::handle& input, int op_code, std::int64_t axis, const py::object& out) {
     if (op_code < 0 || op_code > 2 || !py::isinstance<py::array>(input)) return py::none();
     const py::array x = py::reinterpret_borrow<py::array>(input);
     if (x.ndim() < 1 || !(x.flags() & py::array::c_style)) return py::none();
     if (axis != -1 && axis != x.ndim() - 1) return py::none();
     const SoftmaxOp op = static_cast<SoftmaxOp>(op_code);
     const KernelTable& table = kernels();
-    if (has_dtype<float>(x)) return softmax_fast_typed<float>(x, -1, op, table.softmax_float);
-    if (has_dtype<double>(x)) return softmax_fast_typed<double>(x, -1, op, table.softmax_double);
+    if (has_dtype<float>(x)) return softmax_fast_typed<float>(x, -1, op, out, table.softmax_float);
+    if (has_dtype<double>(x)) return softmax_fast_typed<double>(x, -1, op, out, table.softmax_double);
     const int half = half_format_of(x);
-    if (half >= 0 && x.shape(x.ndim() - 1) > 0) return softmax_fast_typed<float>(x, half, op, table.softmax_float);
+    if (half >= 0 && x.shape(x.ndim() - 1) > 0) return softmax_fast_typed<float>(x, half, op, out, table.softmax_float);
     return py::none();
 }
 
 }  // namespace
 
 void register_softmax(py::module_& module) {
-    module.def("softmax_fast", &softmax_fast, py::arg("input"), py::arg("op"), py::arg("axis"));
+    module.def("softmax_fast", &softmax_fast, py::arg("input"), py::arg("op"), py::arg("axis"),
+               py::arg("out") = py::none());
     // op: 0 log_softmax, 1 softmax, 2 logsumexp. `out` is C-contiguous, of the input's dtype; for
     // 16-bit logits (half = 0 float16, 1 bfloat16, handed over as uint16) uint16 in the same format or
     // float32 (always float32 for logsumexp).

@@ -15,8 +15,8 @@ Loss = Union[np.floating, np.ndarray]
 
 
 def _softmax_family(x: ArrayLike, axis: Any, op: str, out: Optional[np.ndarray]) -> np.ndarray:
-    if out is None and type(axis) is int and -1 <= axis < 64:
-        result = _core.softmax_fast(x, args.SOFTMAX_OPS[op], axis)
+    if type(axis) is int and -1 <= axis < 64:
+        result = _core.softmax_fast(x, args.SOFTMAX_OPS[op], axis, out)
         if result is not None:
             return result
     array, dtype = args.logits(x)
