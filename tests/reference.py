@@ -152,8 +152,9 @@ class _Problem:
         total = np.sum(per_row, dtype=np.float64)
         if self.reduction == "sum":
             return np.float64(total)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.float64(total) / np.float64(denominator)
+        if denominator == 0:
+            return np.float64(np.nan)  # SPEC: D = 0 gives NaN (PyTorch's unsmoothed part is 0 / 0)
+        return np.float64(total) / np.float64(denominator)
 
     def row_scale(self, grad_output, denominator: float) -> np.ndarray:
         """s_i of SPEC's gradient formulas, one per row."""

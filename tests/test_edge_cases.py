@@ -99,6 +99,31 @@ def test_every_row_ignored(rng, shape, ignore_index, options, reduction, dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(
+    "options", [{}, {"label_smoothing": 0.2}, {"z_loss": 0.1}, {"label_smoothing": 0.2, "z_loss": 0.1}]
+)
+def test_kept_rows_whose_classes_weigh_nothing(rng, options, reduction, dtype):
+    """Rows kept, but every target class of weight 0: D = 0, so the mean is NaN (PyTorch's unsmoothed
+    part is 0 / 0) and the gradient zero, even though smoothing and the z-loss add to the sum."""
+    x = make_logits(rng, (6, 3), dtype)
+    target = np.array([0, 0, 2, 2, 0, 2])
+    weight = np.array([0.0, 1.0, 0.0], dtype)
+    smoothing = options.get("label_smoothing", 0.0)
+    expected = ref.cross_entropy(upcast(x), target, upcast(weight), reduction="none", label_smoothing=smoothing)
+    expected = expected + options.get("z_loss", 0.0) * ref.logsumexp(upcast(x)) ** 2
+    assert not options or np.sum(expected) > 0, "the sum the mean would divide by 0"
+    for name, loss, grad in every_way(x, target, reduction=reduction, weight=weight, **options):
+        if reduction == "mean":
+            assert np.isnan(loss), name
+            assert np.all(grad == 0), name
+        else:
+            assert_loss_close(loss, np.sum(expected) if reduction == "sum" else expected, dtype, reduction, 6)
+    if reduction == "mean" and not options.get("z_loss"):
+        assert np.isnan(fx.nll_loss(fx.log_softmax(x), target, weight))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_masked_logits(rng, reduction, label_smoothing, dtype):

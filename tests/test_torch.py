@@ -133,6 +133,29 @@ def test_every_row_ignored_and_empty_batch(rng, reduction, dtype):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_kept_rows_whose_classes_weigh_nothing(rng, label_smoothing, reduction, dtype):
+    """D = 0 with every row kept: torch's losses (a NaN mean, whatever the smoothing adds); for the
+    mean, SPEC's zero gradient where torch's is NaN."""
+    x = make_logits(rng, (6, 3), dtype)
+    target = np.array([0, 0, 2, 2, 0, 2])
+    weight = np.array([0.0, 1.0, 0.0], dtype)
+    loss, grad = fx.cross_entropy_with_grad(x, target, weight, reduction=reduction, label_smoothing=label_smoothing)
+    same_loss, same_grad = torch_ref.cross_entropy_with_grad(
+        x, target, weight, reduction=reduction, label_smoothing=label_smoothing
+    )
+    wide_loss, wide_grad = torch_ref.cross_entropy_with_grad(
+        upcast(x), target, upcast(weight), reduction=reduction, label_smoothing=label_smoothing
+    )
+    compare(loss, same_loss, wide_loss, dtype, terms=6)
+    if reduction == "mean":
+        assert np.isnan(loss) and np.all(np.isnan(wide_grad)) and np.all(grad == 0)
+    else:
+        compare(grad, same_grad, wide_grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_masked_and_huge_logits(rng, reduction, dtype):
     x = make_logits(rng, (16, 9), dtype)
     target = make_index_target(rng, Layout((16, 9), None))

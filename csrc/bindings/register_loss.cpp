@@ -216,11 +216,14 @@ std::optional<FastCall> fast_call(const py::handle& input, const py::handle& tar
     return FastCall{x, py::reinterpret_borrow<py::array>(indices), float64, half};
 }
 
-// The mean or the sum of a run_cross_entropy result (total, denominator), as a float. IEEE division:
-// an empty or fully ignored batch gives 0 / 0 = NaN, as PyTorch.
+// The mean or the sum of a run_cross_entropy result (total, denominator), as a float. A mean over a
+// zero denominator (an empty or fully ignored batch) is NaN, as PyTorch's 0 / 0 (see
+// _arguments.reduce).
 inline py::float_ reduced_loss(const py::tuple& result, Reduction reduction) {
     const double total = result[0].cast<double>();
-    return py::float_(reduction == Reduction::mean ? total / result[1].cast<double>() : total);
+    if (reduction != Reduction::mean) return py::float_(total);
+    const double denominator = result[1].cast<double>();
+    return py::float_(denominator != 0.0 ? total / denominator : std::numeric_limits<double>::quiet_NaN());
 }
 
 // cross_entropy(x, t, reduction=...): the mean or the sum as a float, or the per-row losses as a new

@@ -365,13 +365,9 @@ def cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def reduce(total: float, denominator: float, code: int, dtype: np.dtype) -> Any:
-    """The reduced loss as a NumPy scalar of ``dtype``; ``mean`` divides in float64 (IEEE rules for a
-    zero denominator: 0/0 is NaN)."""
+    """The reduced loss as a NumPy scalar of ``dtype``; ``mean`` divides in float64, and is NaN for a
+    zero denominator (SPEC's D = 0: an empty or fully ignored batch, or kept rows whose classes all
+    weigh 0, where PyTorch's unsmoothed part is 0 / 0), whatever the smoothing or z-loss added."""
     if code == 1:  # mean
-        if denominator != 0.0:
-            total = total / denominator
-        elif total == 0.0 or total != total:
-            total = math.nan
-        else:
-            total = math.copysign(math.inf, total)
+        total = total / denominator if denominator != 0.0 else math.nan
     return scalar(total, dtype)
