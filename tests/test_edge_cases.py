@@ -75,6 +75,25 @@ def test_empty_batch(shape, axis, probabilities, reduction, dtype):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("probabilities", [False, True], ids=["ignored-index", "probability"])
+@pytest.mark.parametrize("shape", [(3, 0), (2, 0, 4), (0,)])
+def test_rows_of_no_classes(shape, probabilities, reduction, dtype):
+    """An empty class axis: each row's loss is an empty sum (0; index targets must all be ignored),
+    the mean is NaN (PyTorch divides by numel / C), the gradient has no element."""
+    layout = Layout(shape, None)
+    x = np.zeros(shape, dtype=dtype)
+    target = np.zeros(shape, dtype=dtype) if probabilities else np.full(layout.row_shape, -100)
+    for name, loss, grad in every_way(x, target, reduction=reduction):
+        if reduction == "mean":
+            assert np.isnan(loss), name
+        else:
+            assert np.shape(loss) == (layout.row_shape if reduction == "none" else ()), name
+            assert np.all(np.asarray(loss) == 0), name
+        assert np.asarray(loss).dtype == dtype and grad.shape == shape, name
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("options", ALL_IGNORED_OPTIONS)
 @pytest.mark.parametrize("shape,ignore_index", [((6, 5), -100), ((3, 5, 4), 2), ((5,), -100)])
 def test_every_row_ignored(rng, shape, ignore_index, options, reduction, dtype):

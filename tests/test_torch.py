@@ -129,6 +129,8 @@ def test_every_row_ignored_and_empty_batch(rng, reduction, dtype):
     )
     empty = np.zeros((0, 4), dtype=dtype)
     check_against_torch(empty, np.zeros(0, dtype=np.int64), reduction=reduction, grad_output=1.0, rows=0)
+    no_classes = np.zeros((3, 0), dtype=dtype)
+    check_against_torch(no_classes, np.zeros((3, 0), dtype=dtype), reduction=reduction, grad_output=1.0, rows=3)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)

@@ -126,9 +126,11 @@ py::tuple run_cross_entropy(const py::array& input, int half, double softcap, co
             check = combined_check(item_checks);
             kept = check.kept;
         }
+        // Probability targets: the number of rows, or 0 for rows of no classes (PyTorch divides by
+        // numel / C, NaN then).
         denominator = problem.target_index != nullptr
                           ? denominator_of(problem.target_index, rows, problem.weight, ignore_index, kept)
-                          : static_cast<double>(rows);
+                          : static_cast<double>(view.classes == 0 ? 0 : rows);
         if (reduction == Reduction::mean) {
             problem.grad_scale = denominator == 0.0 ? 0.0 : grad_output / denominator;
         } else {

@@ -9,6 +9,7 @@
 //   sum_c u_c log_softmax[c] = sum_c u_c (x[c] - max) - U log(sum)      (probability targets)
 // so no log_softmax array is ever formed.
 #include <cmath>
+#include <limits>
 
 #include "kernels.h"
 #include "parallel.h"
@@ -1169,6 +1170,20 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
     const LossContext<T> ctx(problem);
     const bool staged = ctx.logits.staged();
     const bool capped = problem.softcap != 0.0;
+    if (classes == 0 && problem.target_prob != nullptr) {
+        // Rows of no classes (index targets must then all be ignored, and take the paths below): each
+        // loss is an empty sum, -0 as PyTorch's; the statistics are an empty row's (logsumexp -inf);
+        // a gradient has no element.
+        const double infinity = std::numeric_limits<double>::infinity();
+        for (std::int64_t row = 0; row < rows; ++row) {
+            if (problem.row_loss != nullptr) problem.row_loss[row] = T(-0.0);
+            if (problem.save_stats != nullptr) problem.save_stats[row] = RowStats{-infinity, -infinity};
+        }
+        for (std::int64_t item = 0; problem.partial_sums != nullptr && item < plan.items; ++item) {
+            problem.partial_sums[item] = -0.0;
+        }
+        return;
+    }
     const std::int64_t chunks = problem.workspace == nullptr ? 0 : split_chunks(view);
     if (chunks > 0) {
         cross_entropy_split(ctx, chunks, staged_threads(rows * chunks, view.size(), staged, problem.staging_threads));
