@@ -130,6 +130,23 @@ def test_loss_class_backward(rng, reduction):
     )
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_dimensional_input_gives_zero_dimensional_arrays(dtype):
+    """reduction="none" of a (C,) input is a 0-d array with or without the z-loss, in every entry point."""
+    x = np.array([1.0, 2.0, 3.0], dtype)
+    expected, z_expected = z_reference(x, 1, reduction="none", z_loss=0.1)
+    results = [
+        fx.cross_entropy(x, 1, reduction="none", z_loss=0.1, return_z_loss=True),
+        fx.cross_entropy_with_grad(x, 1, reduction="none", z_loss=0.1, return_z_loss=True)[0],
+        fx.CrossEntropyLoss(reduction="none", z_loss=0.1, return_z_loss=True)(x, 1),
+    ]
+    for loss, z_part in results:
+        for got, want in [(loss, expected), (z_part, z_expected)]:
+            assert type(got) is np.ndarray and got.shape == () and got.dtype == dtype
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert type(fx.cross_entropy(x, 1, reduction="none", z_loss=0.1)) is np.ndarray
+
+
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "x", None])
 def test_bad_z_loss(bad):
     with pytest.raises(ValueError, match="z_loss"):

@@ -168,7 +168,7 @@ def _loss(problem: _Problem, return_z_loss: bool = False, **run_options: Any) ->
             loss = args.cast(row_loss, problem.dtype)
         else:
             z_rows = _z_rows(problem, stats)
-            loss = args.cast(row_loss + z_rows, problem.dtype)
+            loss = args.cast(np.asarray(row_loss + z_rows), problem.dtype)  # 0-d arrays add to a scalar
             z_part = args.cast(z_rows, problem.dtype)
     else:
         total, denominator = problem.run(want_sum=True, **run_options)
