@@ -589,3 +589,20 @@ def test_whole_rows_ending_in_a_part_of_a_group(rng, classes, dtype):
     in_place = x.copy()
     fx.softmax(in_place, out=in_place)
     np.testing.assert_array_equal(in_place, probabilities)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_grad_output_is_any_python_int(rng, reduction):
+    """A Python int beyond int64 (which NumPy would make an object array) is the float it rounds to."""
+    x = make_logits(rng, (5, 4), np.float64)
+    target = np.arange(5) % 4
+    for value in [3, 2**70, -(2**64)]:
+        np.testing.assert_array_equal(
+            fx.cross_entropy_grad(x, target, reduction=reduction, grad_output=value),
+            fx.cross_entropy_grad(x, target, reduction=reduction, grad_output=float(value)),
+        )
+        criterion = fx.CrossEntropyLoss(reduction=reduction)
+        criterion(x, target)
+        np.testing.assert_array_equal(
+            criterion.backward(value), fx.cross_entropy_grad(x, target, reduction=reduction, grad_output=float(value))
+        )

@@ -541,6 +541,54 @@ def test_torch_tensors_are_read_in_place(rng, name):
     )
 
 
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize("source", ["numpy", "torch"])
+def test_16_bit_weights_probability_targets_and_grad_output(rng, source, name):
+    """Class weights, probability targets and grad_output of a 16-bit dtype (a NumPy array, or a torch
+    tensor, which NumPy cannot convert from bfloat16) are their float32 values, as torch takes them."""
+    dtype = _dtype(name)
+    x = _logits(rng, (6, 5), dtype)
+    target = rng.integers(0, 5, 6)
+    weight = (rng.random(5) + 0.5).astype(np.float32).astype(dtype)
+    probability = rng.dirichlet(np.ones(5), 6).astype(np.float32).astype(dtype)
+    grad_output = np.array(-0.75, dtype)
+    per_row = (rng.standard_normal(6)).astype(np.float32).astype(dtype)
+
+    if source == "torch":
+        torch = pytest.importorskip("torch")
+        wrap = lambda a: torch.from_numpy(np.asarray(a, np.float32)).to(getattr(torch, name))  # noqa: E731
+    else:
+        wrap = lambda a: a  # noqa: E731
+    wide = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    _same(fx.cross_entropy(x, target, wrap(weight), label_smoothing=0.1),
+          fx.cross_entropy(x, target, wide(weight), label_smoothing=0.1))
+    _same(fx.cross_entropy(x, wrap(probability), reduction="none"), fx.cross_entropy(x, wide(probability), reduction="none"))
+    _same(fx.cross_entropy_grad(x, target, grad_output=wrap(grad_output)),
+          fx.cross_entropy_grad(x, target, grad_output=float(grad_output)))
+    _same(fx.cross_entropy_grad(x, target, reduction="none", grad_output=wrap(per_row)),
+          fx.cross_entropy_grad(x, target, reduction="none", grad_output=wide(per_row)))
+    criterion, wide_criterion = fx.CrossEntropyLoss(wrap(weight)), fx.CrossEntropyLoss(wide(weight))
+    _same(np.asarray(criterion(x, wrap(probability))), np.asarray(wide_criterion(x, wide(probability))))
+    _same(criterion.backward(wrap(grad_output)), wide_criterion.backward(float(grad_output)))
+
+
+def test_torch_views_with_the_negative_bit_are_read_negated():
+    """The imaginary part of a conjugate is a lazily negated view, whose memory holds the values
+    un-negated: read as the values it stands for, as logits and as weights (which NumPy refuses)."""
+    torch = pytest.importorskip("torch")
+    z = torch.tensor([1 + 1j, 2 + 3j, 0.5 - 2j], dtype=torch.complex64)
+    view = z.conj().imag
+    assert view.is_neg()
+    values = view.resolve_neg().numpy()
+    np.testing.assert_array_equal(fx.log_softmax(view), fx.log_softmax(values))
+    np.testing.assert_array_equal(fx.cross_entropy(view, 2), fx.cross_entropy(values, 2))
+    weight = torch.tensor([-0.25j, -0.5j, -2j], dtype=torch.complex64).conj().imag
+    assert weight.is_neg()
+    np.testing.assert_array_equal(
+        fx.cross_entropy(values, np.array(1), weight), fx.cross_entropy(values, np.array(1), np.float32([0.25, 0.5, 2]))
+    )
+
+
 def test_dlpack_view_shares_memory():
     torch = pytest.importorskip("torch")
     from fastxent import _arguments

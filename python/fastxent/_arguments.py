@@ -59,6 +59,11 @@ def _foreign(x: Any) -> Optional[np.ndarray]:
     None when ``x`` does not offer DLPack."""
     if isinstance(x, np.ndarray) or not hasattr(type(x), "__dlpack__"):
         return None
+    is_neg = getattr(x, "is_neg", None)
+    if is_neg is not None and is_neg():
+        # A torch view with the negative bit set (the imaginary part of a conjugate) holds its
+        # values un-negated in memory, and DLPack exports that memory as it is.
+        x = x.resolve_neg()
     array, fmt = _core.from_dlpack(x.__dlpack__())
     return array.view(_bfloat16()) if fmt == "bfloat16" else array
 
@@ -81,6 +86,25 @@ def logits(x: Any, name: str = "input") -> Tuple[np.ndarray, np.dtype]:
     if array.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
     return array, dtype
+
+
+def real_array(value: Any) -> np.ndarray:
+    """``value`` as a NumPy array, for the arguments read as numbers besides the logits (weights,
+    targets, grad_output), with bfloat16 widened to float32 (exactly), so that it passes as a float
+    dtype. A tensor NumPy cannot convert (torch's bfloat16, or a view with the negative bit) is read
+    through DLPack, as logits are."""
+    if type(value) is np.ndarray:
+        array = value
+    else:
+        try:
+            array = np.asarray(value)
+        except (TypeError, RuntimeError):
+            array = _foreign(value)
+            if array is None:
+                raise
+    if array.dtype.kind == "V" and is_bfloat16(array.dtype):
+        array = array.astype(_FLOAT32)
+    return array
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -228,7 +252,7 @@ def ignore(ignore_index: Any) -> int:
 def class_weight(weight: Any, classes: int, dtype: np.dtype) -> Optional[np.ndarray]:
     if weight is None:
         return None
-    array = weight if type(weight) is np.ndarray else np.asarray(weight)
+    array = real_array(weight)
     if array.dtype.kind not in "fiu":
         raise TypeError(f"weight must be an array of real numbers, got dtype {array.dtype}")
     if array.ndim != 1 or array.shape[0] != classes:
@@ -243,7 +267,7 @@ class Targets(NamedTuple):
 
 def targets(target: Any, dtype: np.dtype, axis: int, original_shape: Tuple[int, ...]) -> Targets:
     """Class indices as int64, or class probabilities in ``dtype`` (the dtype the kernels compute in)."""
-    array = target if type(target) is np.ndarray else np.asarray(target)
+    array = real_array(target)
     kind = array.dtype.kind
     row_shape = original_shape[:axis] + original_shape[axis + 1 :]
     if array.dtype == _INT64 and array.shape == row_shape and array.flags.c_contiguous:
@@ -317,8 +341,10 @@ def _same_elements(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def grad_rows(grad_output: Any, code: int, row_shape: Tuple[int, ...], dtype: np.dtype) -> Tuple[float, Optional[np.ndarray]]:
-    """``grad_output`` as (scalar, per-row array or None)."""
-    array = grad_output if type(grad_output) is np.ndarray else np.asarray(grad_output)
+    """``grad_output`` as (scalar, per-row array or None); a Python int of any size is a scalar."""
+    if type(grad_output) is int:
+        return float(grad_output), None
+    array = real_array(grad_output)
     if array.dtype.kind not in "fiu":
         raise TypeError(f"grad_output must be real, got dtype {array.dtype}")
     if array.ndim == 0:

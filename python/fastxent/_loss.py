@@ -43,7 +43,7 @@ class CrossEntropyLoss:
         self.z_loss = z_loss
         self.softcap = softcap
         self.return_z_loss = _flag(return_z_loss)
-        self.weight = None if weight is None else np.asarray(weight)
+        self.weight = None if weight is None else args.real_array(weight)
         self.axis = axis
         self.ignore_index = ignore_index
         self.reduction = reduction
