@@ -44,6 +44,22 @@ def test_set_and_get_num_threads(restore_num_threads, n):
     np.testing.assert_allclose(fx.logsumexp(x), np.log(np.exp(x).sum(axis=1)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("n", [0, -1, 10**6, 2**40])
+def test_set_num_threads_out_of_range(restore_num_threads, n):
+    """Too many threads is refused up front: OpenMP would end the process when it cannot make them."""
+    before = fx.get_num_threads()
+    with pytest.raises(ValueError, match="at least 1 and at most"):
+        fx.set_num_threads(n)
+    assert fx.get_num_threads() == before
+
+
+def test_set_num_threads_up_to_1024(restore_num_threads):
+    fx.set_num_threads(1024)
+    assert fx.get_num_threads() == 1024
+    x = np.random.default_rng(0).standard_normal((100, 10))
+    np.testing.assert_allclose(fx.logsumexp(x), np.log(np.exp(x).sum(axis=1)), rtol=1e-12)
+
+
 def test_get_num_threads_is_positive():
     assert isinstance(fx.get_num_threads(), int) and fx.get_num_threads() >= 1
 

@@ -2,7 +2,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "arrays.h"
@@ -22,11 +24,17 @@ void register_runtime(py::module_& module) {
         throw py::import_error(error.what());
     }
 
+    // At most thread_limit(): OpenMP ends the process when it cannot create a thread it is asked for
+    // (a million ran out of resources here).
     module.def(
         "set_num_threads",
-        [](int n) {
-            if (n < 1) throw py::value_error("the number of threads must be at least 1, got " + std::to_string(n));
-            set_max_threads(n);
+        [](std::int64_t n) {
+            const std::int64_t most = thread_limit();
+            if (n < 1 || n > most) {
+                throw py::value_error("the number of threads must be at least 1 and at most " + std::to_string(most) +
+                                      ", got " + std::to_string(n));
+            }
+            set_max_threads(static_cast<int>(n));
         },
         py::arg("n"));
     module.def("get_num_threads", [] { return max_threads(); });

@@ -1,6 +1,7 @@
 #include "parallel.h"
 
 #include <atomic>
+#include <thread>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -17,7 +18,7 @@ constexpr std::int64_t kParallelThreshold = 1 << 15;
 
 std::atomic<int>& thread_setting() {
 #ifdef _OPENMP
-    static std::atomic<int> setting{omp_get_max_threads()};
+    static std::atomic<int> setting{omp_get_max_threads() < thread_limit() ? omp_get_max_threads() : thread_limit()};
 #else
     static std::atomic<int> setting{1};
 #endif
@@ -39,6 +40,14 @@ void mark_forked_child() { forked_child.store(true); }
 }();
 
 }  // namespace
+
+int thread_limit() {
+    static const int limit = [] {
+        const unsigned hardware = std::thread::hardware_concurrency();
+        return hardware > 1024 ? static_cast<int>(hardware) : 1024;
+    }();
+    return limit;
+}
 
 // Note: OpenMP's own setting. set_max_threads also sets OpenMP's thread count of the calling thread,
 // and max_threads takes the smaller of the two, so that tools that limit OpenMP from the outside

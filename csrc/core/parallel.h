@@ -5,10 +5,14 @@
 
 namespace fastxent {
 
+// The largest thread count the kernels take: 1024 or the hardware's thread count, whichever is
+// larger. OpenMP ends the process when it cannot create a thread it is asked for.
+int thread_limit();
 // The number of threads the kernels may use (initially OpenMP's default, itself set by
-// OMP_NUM_THREADS or the machine's cores). Thread-safe.
+// OMP_NUM_THREADS or the machine's cores, up to thread_limit()). Thread-safe.
 int max_threads();
-// Sets it; n < 1 is rejected by the caller. Without OpenMP every count behaves as 1.
+// Sets it; n outside [1, thread_limit()] is rejected by the caller. Without OpenMP every count
+// behaves as 1.
 void set_max_threads(int n);
 bool openmp_enabled();
 

@@ -44,7 +44,8 @@ __all__ = [
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the number of threads the kernels use (at least 1). Results do not depend on it."""
+    """Sets the number of threads the kernels use: at least 1, and at most 1024 or the number of
+    hardware threads, whichever is larger (``ValueError`` otherwise). Results do not depend on it."""
     _core.set_num_threads(int(n))
 
 
