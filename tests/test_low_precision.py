@@ -572,6 +572,30 @@ def test_16_bit_weights_probability_targets_and_grad_output(rng, source, name):
     _same(criterion.backward(wrap(grad_output)), wide_criterion.backward(float(grad_output)))
 
 
+@pytest.mark.parametrize("api", ["log_softmax", "softmax", "cross_entropy_grad", "cross_entropy_with_grad", "loss class"])
+def test_torch_tensor_in_place_through_its_numpy_view(rng, api):
+    """out= may be the NumPy view of a torch tensor passed as the logits (in place), as for a NumPy
+    array, in every function that takes out=; a shifted view of the same memory is still refused."""
+    torch = pytest.importorskip("torch")
+    x = _logits(rng, (6, 5), np.float32)
+    target = rng.integers(0, 5, 6)
+    calls = {
+        "log_softmax": lambda logits, out: fx.log_softmax(logits, out=out),
+        "softmax": lambda logits, out: fx.softmax(logits, out=out),
+        "cross_entropy_grad": lambda logits, out: fx.cross_entropy_grad(logits, target, out=out),
+        "cross_entropy_with_grad": lambda logits, out: fx.cross_entropy_with_grad(logits, target, out=out)[1],
+        "loss class": lambda logits, out: (lambda c: (c(logits, target), c.backward(out=out))[1])(fx.CrossEntropyLoss()),
+    }
+    expected = calls[api](x.copy(), None)
+    tensor = torch.from_numpy(x.copy())
+    view = tensor.numpy()
+    assert calls[api](tensor, view) is view
+    np.testing.assert_array_equal(tensor.numpy(), expected)
+    tensor = torch.from_numpy(np.concatenate([x, x[:1]]))
+    with pytest.raises(ValueError, match="overlap"):
+        calls[api](tensor[1:], tensor.numpy()[:-1])
+
+
 def test_torch_views_with_the_negative_bit_are_read_negated():
     """The imaginary part of a conjugate is a lazily negated view, whose memory holds the values
     un-negated: read as the values it stands for, as logits and as weights (which NumPy refuses)."""

@@ -305,8 +305,9 @@ def output(
     also: Optional[np.dtype] = None,
 ) -> np.ndarray:
     """Checks an ``out=`` array: C-contiguous, writeable, exactly ``shape`` and ``dtype`` (or ``also``), and not
-    overlapping any input, except that it may be ``in_place`` itself (the logits): every kernel reads
-    an element, or its row's statistics, before it writes the same element."""
+    overlapping any input, except that it may view exactly the elements of ``in_place`` (the logits'
+    array, which for a torch tensor is its DLPack view): every kernel reads an element, or its row's
+    statistics, before it writes the same element."""
     if not isinstance(out, np.ndarray):
         raise ValueError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:

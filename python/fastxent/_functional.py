@@ -23,7 +23,7 @@ def _softmax_family(x: ArrayLike, axis: Any, op: str, out: Optional[np.ndarray])
     axis = args.class_axis(array.ndim, axis, pytorch_default=False)
     shape = array.shape if op != "logsumexp" else array.shape[:axis] + array.shape[axis + 1 :]
     if out is not None:
-        args.output(out, shape, dtype, (x, array), in_place=x)
+        args.output(out, shape, dtype, (x, array), in_place=array)
     array, view = args.class_view(array, axis)
     if op == "logsumexp":
         result = np.empty(shape, args.compute_dtype(dtype))
@@ -327,7 +327,7 @@ def cross_entropy_grad(
         if grad is not None:
             return grad
     problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss, softcap)
-    scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight), input)
+    scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight), problem.array)
     problem.run(grad=grad, grad_output=scalar, grad_rows=rows)
     return grad
 
@@ -360,7 +360,7 @@ def cross_entropy_with_grad(
             loss, grad = result
             return (loss if reduction == "none" else args.scalar(loss, input.dtype)), grad
     problem = _prepare(input, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss, softcap)
-    scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight), input)
+    scalar, rows, grad = _grad_buffers(problem, grad_output, out, (input, target, weight), problem.array)
     loss = _loss(problem, _flag(return_z_loss), grad=grad, grad_output=scalar, grad_rows=rows)
     return loss, grad
 
