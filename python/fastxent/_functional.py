@@ -349,7 +349,8 @@ def cross_entropy_with_grad(
 ) -> Tuple[Any, np.ndarray]:
     """``(cross_entropy(...), cross_entropy_grad(...))`` from one pass over the logits: each row is
     read once, and its gradient written straight into the result (or ``out``). With
-    ``return_z_loss=True`` the first element is ``(loss, z_part)``."""
+    ``return_z_loss=True`` the first element is ``(loss, z_part)``. The loss sums the exponentials
+    the gradient is made of, and may differ from ``cross_entropy``'s in the last bit."""
     if _plain_options(
         weight, axis, ignore_index, reduction, label_smoothing, z_loss, return_z_loss, softcap, grad_output
     ):

@@ -20,7 +20,8 @@ class CrossEntropyLoss:
     keeps a reference to the logits (not a copy: write the next batch into the same buffer only
     after ``backward``, as with any autograd framework), a copy of the class indices and the per-row
     max and log-sum-exp (16 bytes a row), so that ``backward`` reads the logits once and no N x C
-    buffer is kept. Probability targets are kept by reference too.
+    buffer is kept. Probability targets are kept by reference too. The loss is
+    ``cross_entropy_with_grad``'s, which may differ from ``cross_entropy``'s in the last bit.
     """
 
     def __init__(
