@@ -413,6 +413,15 @@ def test_rows_outside_spans_are_never_read(rng, shape, axis, dtype):
     assert np.all(np.isfinite(got.logprob))
     for field in got._fields:
         np.testing.assert_array_equal(getattr(got, field), getattr(clean, field))
+    # uint64 targets beyond int64 outside the spans too; inside one, they are out of bounds.
+    huge_target = target.astype(np.uint64)
+    huge_target.reshape(-1)[~covered] = np.iinfo(np.uint64).max
+    got = fx.score_spans(poisoned_x, huge_target, starts, lengths, axis=axis)
+    for field in got._fields:
+        np.testing.assert_array_equal(getattr(got, field), getattr(clean, field))
+    huge_target.reshape(-1)[4] = 2**63
+    with pytest.raises(IndexError, match=str(2**63)):
+        fx.score_spans(poisoned_x, huge_target, starts, lengths, axis=axis)
     check_spans(got, x, target, starts, lengths, axis, dtype)
 
 

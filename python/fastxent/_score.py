@@ -1,7 +1,7 @@
 """Scoring for language-model evaluation: ``score`` and ``score_spans``.
 
-Normalise the arguments, call ``_core`` once, return. Every statistic of a row comes from one pass
-over its logits.
+Normalise the arguments, call ``_core`` once, return. Every statistic of a row comes from one read
+of its logits from memory (then a pass over them in cache; see the Note on one pass in score.cpp).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _int64(array: np.ndarray, name: str, classes: int) -> np.ndarray:
 
 
 def score(logits: ArrayLike, target: ArrayLike, *, axis: int = -1) -> Score:
-    """Per-row statistics of the softmax of ``logits`` along ``axis``, from one pass over each row.
+    """Per-row statistics of the softmax of ``logits`` along ``axis``, each row read from memory once.
 
     ``target`` holds class indices (any integer dtype), either one per row (the logits' shape
     without ``axis``) or ``K`` candidates per row (that shape plus a trailing ``K``, e.g. the
@@ -74,7 +74,8 @@ def score(logits: ArrayLike, target: ArrayLike, *, axis: int = -1) -> Score:
       position, as ``numpy.argmax``);
     * ``is_greedy``: bool, ``target == argmax``, shape of ``target``;
     * ``rank``: int64, how many classes have a logit strictly greater than the target's, so the
-      target is in the top ``k`` exactly when ``rank < k``; shape of ``target``;
+      target is in the top ``k`` exactly when ``rank < k`` (ties count in its favour; a NaN target
+      logit has rank 0); shape of ``target``;
     * ``entropy``: entropy of each row's softmax in nats, ``lse - sum(p * logits)``, with masked
       (``-inf``) logits contributing 0.
 
@@ -131,7 +132,9 @@ def score_spans(
     * ``is_greedy``: bool, every target of the span is its row's argmax (True for an empty span);
     * ``length``: int64, the span's length.
 
-    Rows outside every span are never read, neither their logits nor their targets. A span outside
+    Rows outside every span are never read, neither their logits nor their targets, unless the
+    logits must first be copied whole: a view whose leading axes do not collapse to one stride (such
+    as ``logits[:, :-1]`` of ``(batch, seq, vocab)`` logits) or of another byte order. A span outside
     ``[0, rows]`` or of negative length raises ``IndexError``, as does a target outside ``[0, C)``
     inside a span; shapes that do not match raise ``ValueError``, non-integer arrays ``TypeError``.
     """
@@ -153,7 +156,7 @@ def score_spans(
     rows = view[0] * view[2]
     start_array = _span_bounds(start_array, "starts", rows)
     length_array = _span_bounds(length_array, "lengths", rows)
-    target_array = _int64(target_array, "target", classes)
+    target_array = _span_targets(target_array, classes, start_array, length_array, rows)
     spans = start_array.shape[0]
     logprob = np.empty(spans, np.float64)
     is_greedy = np.empty(spans, np.bool_)
@@ -162,6 +165,24 @@ def score_spans(
         args.half_code(array.dtype),
     )
     return SpanScore(logprob, is_greedy, length_array.copy())
+
+
+def _span_targets(array: np.ndarray, classes: int, starts: np.ndarray, lengths: np.ndarray, rows: int) -> np.ndarray:
+    """The targets as C-contiguous int64. A uint64 value beyond int64 is out of bounds in a row that
+    a span covers; elsewhere it is never read, and 0 stands in for it (so are the rows of spans
+    that are themselves out of bounds, which the core refuses first)."""
+    if array.dtype != np.dtype(np.uint64) or not array.size or array.max() <= np.iinfo(np.int64).max:
+        return np.asarray(array, dtype=np.int64, order="C")
+    flat = array.reshape(-1)
+    big = flat > np.iinfo(np.int64).max
+    if np.all((starts >= 0) & (lengths >= 0) & (starts <= rows - lengths)):
+        edges = np.zeros(rows + 1, np.int64)
+        np.add.at(edges, starts, 1)
+        np.add.at(edges, starts + lengths, -1)
+        covered = big & (np.cumsum(edges[:-1]) > 0)
+        if np.any(covered):
+            raise IndexError(f"target {flat[covered][0]} is out of bounds for {classes} classes")
+    return np.where(big, 0, flat).astype(np.int64).reshape(array.shape)
 
 
 def _span_bounds(array: np.ndarray, name: str, rows: int) -> np.ndarray:
