@@ -720,7 +720,8 @@ def main(argv=None):
     parser.add_argument("--min-time", type=float, default=None, help="seconds per figure, at least")
     parser.add_argument("--max-time", type=float, default=3.0, help="seconds per figure, at most")
     parser.add_argument("--out", default=None, help="output folder (default: bench/results)")
-    parser.add_argument("--name", default="latest", help="file stem of the outputs in --out")
+    parser.add_argument("--name", default=None,
+                        help="file stem of the outputs in --out (default: latest; with --plot-only, the JSON file's)")
     parser.add_argument("--no-fastxent", action="store_true", help="time the opponents only")
     parser.add_argument("--plot-only", metavar="JSON", help="rewrite the table and plot from a results file")
     parser.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
@@ -732,7 +733,7 @@ def main(argv=None):
     if args.plot_only:
         with open(args.plot_only) as f:
             data = json.load(f)
-        name = os.path.splitext(os.path.basename(args.plot_only))[0]
+        name = args.name or os.path.splitext(os.path.basename(args.plot_only))[0]
         write_reports(data, args.out or os.path.dirname(os.path.abspath(args.plot_only)), name)
         return 0
 
@@ -828,7 +829,7 @@ def main(argv=None):
     for name, reason in data["missing"].items():
         log(f"{name} skipped: {reason}")
     default_out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    write_reports(data, args.out or default_out, args.name)
+    write_reports(data, args.out or default_out, args.name or "latest")
     return 0
 
 

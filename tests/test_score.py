@@ -317,6 +317,12 @@ def test_empty_rows(rng):
         assert getattr(got, field).shape == (0,)
     got = fx.score(np.zeros((0, 0)), np.zeros((0, 2), dtype=np.int64))
     assert got.logprob.shape == (0, 2) and got.lse.shape == (0,)
+    # Empty Python lists (float64 to NumPy) are empty index arrays.
+    assert fx.score(x, []).logprob.shape == (0,)
+    spans = fx.score_spans(make_logits(rng, (3, 5), np.float32), [0, 1, 2], [], [])
+    assert spans.logprob.shape == (0,) and spans.length.dtype == np.int64
+    with pytest.raises(TypeError):
+        fx.score_spans(make_logits(rng, (3, 5), np.float32), [0, 1, 2], [0.0], [1.0])
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@
 # Output arrays are C-contiguous, writeable and of the documented size; they are filled in place.
 # half: 16-bit logits handed over as their bits (a uint16 array): 0 float16, 1 bfloat16, -1 none.
 # They are computed in float32: every other float array of the call is then float32, except the
-# outputs of the logits' size (out=, grad), which may be uint16 in the same 16-bit format.
+# outputs of the logits' size (out=, grad), which may be uint16 in the same 16-bit format, and
+# score_spans' span_logprob, float64 whatever the logits.
 
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 

@@ -11,7 +11,7 @@ from . import _core
 
 ArrayLike = Any
 _PLAIN_NUMBERS = (float, int)
-Loss = Union[np.floating, np.ndarray]
+Loss = Union[np.generic, np.ndarray]  # a NumPy scalar (ml_dtypes.bfloat16 included), or an array
 
 
 def _softmax_family(x: ArrayLike, axis: Any, op: str, out: Optional[np.ndarray]) -> np.ndarray:

@@ -49,6 +49,8 @@ def _logits_view(logits: ArrayLike, axis: Any) -> Tuple[np.ndarray, args.View, T
 
 def _integer_array(value: ArrayLike, name: str) -> np.ndarray:
     array = value if type(value) is np.ndarray else np.asarray(value)
+    if array.size == 0 and array.dtype.kind == "f":  # [] (NumPy makes it float64): no entries
+        return array.astype(np.int64)
     if array.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an array of integers, got dtype {array.dtype}")
     return array
