@@ -23,8 +23,9 @@ namespace fastxent::bindings {
 
 namespace py = pybind11;
 
-// (outer, classes, inner, outer_stride, class_stride) as sent by the Python layer.
-using ViewTuple = std::array<std::int64_t, 5>;
+// (outer, classes, inner, outer_stride, class_stride, block_rows, block_stride) as sent by the Python
+// layer (ClassAxisView; block_rows 0 for rows one stride apart).
+using ViewTuple = std::array<std::int64_t, 7>;
 
 // The view as the kernels of the chosen instruction set cut it for T (ClassAxisView::tile_classes).
 template <typename T>
@@ -36,7 +37,16 @@ ClassAxisView tiled_view(ClassAxisView view) {
 
 inline ClassAxisView to_view(const ViewTuple& v) {
     if (v[0] < 0 || v[1] < 0 || v[2] < 0) throw std::invalid_argument("negative extent in the class-axis view");
-    return ClassAxisView{v[0], v[1], v[2], v[3], v[4]};
+    ClassAxisView view{v[0], v[1], v[2], v[3], v[4]};
+    if (v[5] != 0) {
+        // Rows in blocks: whole rows only (see ClassAxisView::block_rows).
+        if (v[5] < 1 || v[0] % v[5] != 0 || v[2] != 1 || v[1] <= kTileClasses) {
+            throw std::invalid_argument("rows in blocks need whole blocks, inner 1 and more than kTileClasses classes");
+        }
+        view.block_rows = v[5];
+        view.block_stride = v[6];
+    }
+    return view;
 }
 
 // An array of exactly T in native byte order (NumPy's "equivalent types", not object identity).

@@ -46,6 +46,8 @@ void register_runtime(py::module_& module) {
         info["openmp"] = openmp_enabled();
         return info;
     });
+    // Views of rows in blocks need more classes than this (ClassAxisView::block_rows).
+    module.attr("TILE_CLASSES") = py::int_(kTileClasses);
     // Large results (result_memory.h): an uninitialised C-contiguous array, and the kept block.
     module.attr("KEPT_RESULT_BYTES") = py::int_(kKeptResultBytes);
     module.def(

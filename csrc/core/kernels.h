@@ -30,8 +30,20 @@ struct ClassAxisView {
     // kTileClasses): the kernels' own choice for their type (KernelTable::tile_classes_float and
     // _double), set by the caller, so that the caller and the kernel cut the view alike.
     std::int64_t tile_classes = kSmallClasses;
+    // Rows in blocks (block_rows 0: none), for a view whose axes before the class axis collapse to
+    // two strides rather than one, such as logits[:, :-1] of (batch, seq, vocab) logits: row r starts
+    // at (r / block_rows) * block_stride + (r % block_rows) * outer_stride. Only with inner == 1 and
+    // more than kTileClasses classes, where every kernel takes whole rows (plan_work's rows, or a
+    // split row), never tiles of rows at a constant stride.
+    std::int64_t block_rows = 0;
+    std::int64_t block_stride = 0;
 
     std::int64_t rows() const { return outer * inner; }
+    // The offset of outer position `row`'s first element.
+    std::int64_t row_offset(std::int64_t row) const {
+        if (block_rows == 0) return row * outer_stride;
+        return (row / block_rows) * block_stride + (row % block_rows) * outer_stride;
+    }
     std::int64_t size() const { return outer * classes * inner; }
 };
 

@@ -224,7 +224,7 @@ double grad_row_group(const LossContext<T>& ctx, std::int64_t first, std::int64_
         sum[i] = 1.0;
         if (ctx.ignored(row)) continue;
         // Everything that reads the logits is done before they may be overwritten (grad may be x).
-        const T* x = p.input + row * view.outer_stride;
+        const T* x = p.input + view.row_offset(row);
         T* grad = p.grad == nullptr ? nullptr : p.grad + row * classes;
         target_logit[i] = static_cast<double>(x[p.target_index[row]]);
         const T row_max_value = row_max(x, classes);
@@ -332,7 +332,7 @@ struct PlainRow {
 template <typename T>
 FASTXENT_MATH PlainRow plain_row(const LossContext<T>& ctx, std::int64_t row, std::int64_t target) {
     const ClassAxisView& view = ctx.problem.view;
-    const T* x = ctx.problem.input + row * view.outer_stride;
+    const T* x = ctx.problem.input + view.row_offset(row);
     const T max = row_max(x, ctx.classes);
     const double sum = row_sum_exp(x, ctx.classes, max, next_row(ctx.logits, view, row));
     return PlainRow{sum, static_cast<double>(x[target]) - static_cast<double>(max)};
@@ -979,7 +979,7 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
         for (std::int64_t row = 0; row < rows; ++row) {
             if (ctx.ignored(row)) continue;
             T logit;
-            ctx.logits.load(row * p.view.outer_stride + p.target_index[row], 1, &logit, &target_slope[row]);
+            ctx.logits.load(p.view.row_offset(row) + p.target_index[row], 1, &logit, &target_slope[row]);
             target_logit[row] = static_cast<double>(logit);
         }
     }
@@ -998,7 +998,7 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
                 chunk_max[item] = chunk_sum[item] = 0.0;
                 continue;
             }
-            const T* x = ctx.logits.read(row * p.view.outer_stride + first, count, buffer.values, nullptr);
+            const T* x = ctx.logits.read(p.view.row_offset(row) + first, count, buffer.values, nullptr);
             const T max = row_max(x, count);
             chunk_max[item] = static_cast<double>(max);
             if (one_pass) {
@@ -1016,7 +1016,7 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
             const auto [row, first, count] = split_chunk(item, chunks, classes);
             if (ctx.ignored(row)) continue;
             const double max = split_row_max(chunk_max, row, chunks);
-            const T* x = ctx.logits.read(row * p.view.outer_stride + first, count, buffer.values, nullptr);
+            const T* x = ctx.logits.read(p.view.row_offset(row) + first, count, buffer.values, nullptr);
             const T shift = static_cast<T>(max);
             chunk_sum[item] = row_sum_exp(x, count, shift);
             if (smoothed_loss) chunk_dot[item] = row_weighted_sum(x, p.weight == nullptr ? nullptr : p.weight + first, count, shift);
@@ -1072,7 +1072,7 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
                     for (std::int64_t i = 0; i < count; ++i) grad[i] *= coefficient;
                     continue;
                 }
-                const T* x = ctx.logits.read(row * p.view.outer_stride + first, count, buffer.values, buffer.slope);
+                const T* x = ctx.logits.read(p.view.row_offset(row) + first, count, buffer.values, buffer.slope);
                 T* grad = staged ? buffer.values : p.grad + offset;
                 const T* weight = p.weight == nullptr ? nullptr : p.weight + first;
                 if (chunk_terms) {
@@ -1123,13 +1123,13 @@ template <typename T>
     double item_sum = 0.0;
     if (plan.strategy == Strategy::rows) {
         for (std::int64_t row = range.first; row < range.last; ++row) {
-            ctx.logits.load(row * view.outer_stride, classes, values, slope);
+            ctx.logits.load(view.row_offset(row), classes, values, slope);
             item_sum += loss_row(ctx, values, row, grad, next_row(ctx.logits, view, row));
             if (has_grad) ctx.grad.store(row * classes, values, slope, classes);
         }
     } else if (plan.strategy == Strategy::columns) {
         const std::int64_t dense_offset = range.outer * classes * view.inner + range.lane0;
-        ctx.logits.load_tile(range.outer * view.outer_stride + range.lane0, view.class_stride, classes, range.lanes,
+        ctx.logits.load_tile(view.row_offset(range.outer) + range.lane0, view.class_stride, classes, range.lanes,
                              values, slope);
         item_sum = loss_tile(ctx, values, kTileLanes, p.target_prob == nullptr ? nullptr : p.target_prob + dense_offset,
                              view.inner, grad, kTileLanes, range.first, range.lanes, TilePrefetch<T>{}, check);
@@ -1144,12 +1144,12 @@ template <typename T>
             item_sum = binary_tile_loss(p, values, range.first, range.lanes, check);
         }
     } else if (few_class_rows(ctx)) {
-        ctx.logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, values,
+        ctx.logits.load_transposed(view.row_offset(range.first), view.outer_stride, classes, range.lanes, values,
                                    nullptr);
         item_sum = few_class_tile_loss(p, values, classes, range.first, range.lanes, TilePrefetch<T>{}, check);
     } else {
         T tile_target[kTileClasses * kTileLanes];
-        ctx.logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, values,
+        ctx.logits.load_transposed(view.row_offset(range.first), view.outer_stride, classes, range.lanes, values,
                                    slope);
         if (p.target_prob != nullptr) {
             transpose_into_tile(p.target_prob + range.first * classes, classes, classes, range.lanes, tile_target);
@@ -1211,7 +1211,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
                                                    : plain_row_losses(ctx, range.first, range.last);
         } else if (plan.strategy == Strategy::rows) {
             for (std::int64_t row = range.first; row < range.last; ++row) {
-                item_sum += loss_row(ctx, problem.input + row * view.outer_stride, row,
+                item_sum += loss_row(ctx, problem.input + view.row_offset(row), row,
                                      problem.grad == nullptr ? nullptr : problem.grad + row * classes,
                                      next_row(ctx.logits, view, row));
             }
@@ -1220,7 +1220,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             const std::int64_t lane0 = range.lane0;
             const std::int64_t lanes = range.lanes;
             const std::int64_t dense_offset = outer * classes * view.inner + lane0;
-            const T* x = problem.input + outer * view.outer_stride + lane0;
+            const T* x = problem.input + view.row_offset(outer) + lane0;
             const T* y = problem.target_prob == nullptr ? nullptr : problem.target_prob + dense_offset;
             T* grad = problem.grad == nullptr ? nullptr : problem.grad + dense_offset;
             const TilePrefetch<T> prefetch = next_tile(problem.input, plan, view, item);
@@ -1238,7 +1238,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             item_sum = binary_tile_loss(problem, problem.input + range.first * 2, range.first, range.lanes, check);
         } else if (few_classes) {
             T tile_in[kTileClasses * kTileLanes];
-            transpose_into_tile(problem.input + range.first * view.outer_stride, view.outer_stride, classes,
+            transpose_into_tile(problem.input + view.row_offset(range.first), view.outer_stride, classes,
                                 range.lanes, tile_in);
             const TilePrefetch<T> prefetch = next_tile(problem.input, plan, view, item);
             item_sum = few_class_tile_loss(problem, tile_in, classes, range.first, range.lanes, prefetch, check);
@@ -1248,7 +1248,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             T tile_in[kTileClasses * kTileLanes];
             T tile_target[kTileClasses * kTileLanes];
             T tile_grad[kTileClasses * kTileLanes];
-            transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
+            transpose_into_tile(problem.input + view.row_offset(first), view.outer_stride, classes, lanes,
                                 tile_in);
             if (problem.target_prob != nullptr) {
                 transpose_into_tile(problem.target_prob + first * classes, classes, classes, lanes, tile_target);

@@ -46,11 +46,16 @@ double nll_block(Read read, Next next, std::int64_t class_stride, std::int64_t f
 }
 
 // nll_block over the view's rows; rows one stride apart (a class axis last, the common case) are
-// stepped through without the outer and inner positions.
+// stepped through without the outer and inner positions, rows in blocks by their offsets.
 template <typename T, typename Read>
 double nll_view_block(Read read, const ClassAxisView& view, std::int64_t first, std::int64_t count,
                       const std::int64_t* target, const T* weight, std::int64_t ignore_index, T* row_loss) {
     const std::int64_t outer_stride = view.outer_stride;
+    if (view.block_rows != 0) {
+        std::int64_t row = first;
+        const auto next = [&row, &view] { return view.row_offset(row++); };
+        return nll_block(read, next, view.class_stride, first, count, target, weight, ignore_index, row_loss);
+    }
     if (view.inner == 1) {
         std::int64_t base = first * outer_stride - outer_stride;
         const auto next = [&base, outer_stride] { return base += outer_stride; };

@@ -238,7 +238,7 @@ struct NextRow {
 template <typename L>
 NextRow next_row(const L& logits, const ClassAxisView& view, std::int64_t row, bool wanted = true) {
     if (!wanted || row + 1 >= view.rows()) return NextRow();
-    return NextRow(logits.stored((row + 1) * view.outer_stride), logits.stored_size());
+    return NextRow(logits.stored(view.row_offset(row + 1)), logits.stored_size());
 }
 
 // The chunk after work item `item` of a split view (see split_chunk), as stored; none after the last.
@@ -247,7 +247,7 @@ NextRow next_chunk(const L& logits, const ClassAxisView& view, std::int64_t item
                    std::int64_t chunks) {
     if (item + 1 >= items) return NextRow();
     const SplitChunk next = split_chunk(item + 1, chunks, view.classes);
-    return NextRow(logits.stored(next.row * view.outer_stride + next.first), logits.stored_size());
+    return NextRow(logits.stored(view.row_offset(next.row) + next.first), logits.stored_size());
 }
 
 // Elements [first, last) of the next row.
@@ -567,11 +567,11 @@ TilePrefetch<T> next_tile(const T* input, const WorkPlan& plan, const ClassAxisV
     if (item + 1 >= plan.items) return prefetch;
     const ItemRows next = item_rows(plan, view, item + 1);
     if (plan.strategy == Strategy::columns) {
-        prefetch = TilePrefetch<T>{input + next.outer * view.outer_stride + next.lane0, view.class_stride, B,
+        prefetch = TilePrefetch<T>{input + view.row_offset(next.outer) + next.lane0, view.class_stride, B,
                                    next.lanes / B};
     } else if (plan.strategy == Strategy::small_rows && view.outer_stride == view.classes) {
         // Block b is rows b * B .. (b + 1) * B - 1 of the next tile, contiguous.
-        prefetch = TilePrefetch<T>{input + next.first * view.outer_stride, B, view.classes * B, next.lanes / B};
+        prefetch = TilePrefetch<T>{input + view.row_offset(next.first), B, view.classes * B, next.lanes / B};
     }
     return prefetch;
 }

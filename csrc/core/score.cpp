@@ -200,7 +200,7 @@ void score_item_staged(const ScoreProblem<T>& problem, const Logits<T>& logits, 
     if (plan.strategy == Strategy::rows) {
         const bool fused = stages_in_first_pass(logits, classes);
         for (std::int64_t row = range.first; row < range.last; ++row) {
-            const std::int64_t offset = row * view.outer_stride;
+            const std::int64_t offset = view.row_offset(row);
             const NextRow next = next_row(logits, view, row);
             if (fused) {
                 const T value =
@@ -213,11 +213,11 @@ void score_item_staged(const ScoreProblem<T>& problem, const Logits<T>& logits, 
             }
         }
     } else if (plan.strategy == Strategy::columns) {
-        logits.load_tile(range.outer * view.outer_stride + range.lane0, view.class_stride, classes, range.lanes,
+        logits.load_tile(view.row_offset(range.outer) + range.lane0, view.class_stride, classes, range.lanes,
                          buffer, nullptr);
         score_tile(problem, buffer, kTileLanes, range.first, range.lanes);
     } else {
-        logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, buffer,
+        logits.load_transposed(view.row_offset(range.first), view.outer_stride, classes, range.lanes, buffer,
                                nullptr);
         score_tile(problem, buffer, kTileLanes, range.first, range.lanes);
     }
@@ -242,19 +242,19 @@ void score_kernel(const ScoreProblem<T>& problem) {
             const std::int64_t first = range.first;
             const std::int64_t last = range.last;
             for (std::int64_t row = first; row < last; ++row) {
-                score_whole_row(problem, problem.input + row * view.outer_stride, row, next_row(logits, view, row));
+                score_whole_row(problem, problem.input + view.row_offset(row), row, next_row(logits, view, row));
             }
         } else if (plan.strategy == Strategy::columns) {
             const std::int64_t outer = range.outer;
             const std::int64_t lane0 = range.lane0;
             const std::int64_t lanes = range.lanes;
-            score_tile(problem, problem.input + outer * view.outer_stride + lane0, view.class_stride,
+            score_tile(problem, problem.input + view.row_offset(outer) + lane0, view.class_stride,
                        outer * view.inner + lane0, lanes);
         } else {
             const std::int64_t first = range.first;
             const std::int64_t lanes = range.lanes;
             T tile[kTileClasses * kTileLanes];
-            transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes, tile);
+            transpose_into_tile(problem.input + view.row_offset(first), view.outer_stride, classes, lanes, tile);
             score_tile(problem, tile, kTileLanes, first, lanes);
         }
     }
@@ -303,13 +303,13 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
                 const NextRow next =
                     next_row(logits, view, row, view.inner == 1 && row + 1 < rows && problem.row_covered[row + 1] != 0);
                 if (fused) {
-                    const std::int64_t offset = row * view.outer_stride;
+                    const std::int64_t offset = view.row_offset(row);
                     pass = load_with_first_pass(logits, offset, classes, logits.at(offset + t), buffer);
                     x = buffer;
                 } else if (view.inner == 1) {
-                    x = logits.read(row * view.outer_stride, classes, buffer, nullptr);
+                    x = logits.read(view.row_offset(row), classes, buffer, nullptr);
                 } else {
-                    const std::int64_t source = (row / view.inner) * view.outer_stride + row % view.inner;
+                    const std::int64_t source = view.row_offset(row / view.inner) + row % view.inner;
                     for (std::int64_t c = 0; c < classes; ++c) buffer[c] = logits.at(source + c * view.class_stride);
                     x = buffer;
                 }

@@ -58,7 +58,7 @@ void softmax_rows(const SoftmaxProblem<T>& problem, std::int64_t first, std::int
         double log_sum[kLogRows];
         for (std::int64_t l = 0; l < count; ++l) {
             const std::int64_t row = start + l;
-            const T* x = problem.input + row * view.outer_stride;
+            const T* x = problem.input + view.row_offset(row);
             max[l] = row_max(x, classes);
             if constexpr (kOp == SoftmaxOp::softmax) {
                 sum[l] = row_exps_into(x, problem.output + row * classes, classes, max[l], next_row(logits, view, row));
@@ -78,7 +78,7 @@ void softmax_rows(const SoftmaxProblem<T>& problem, std::int64_t first, std::int
         } else {
             for (std::int64_t l = 0; l < count; ++l) {
                 const std::int64_t row = start + l;
-                const T* x = problem.input + row * view.outer_stride;
+                const T* x = problem.input + view.row_offset(row);
                 const RowStats stats{static_cast<double>(max[l]), log_sum[l]};
                 if constexpr (kOp == SoftmaxOp::log_softmax) {
                     write_log_softmax(x, problem.output + row * classes, classes, stats);
@@ -240,7 +240,7 @@ void softmax_split(const SoftmaxProblem<T>& problem, const Logits<T>& logits, co
     {
         T* buffer = staged ? thread_staging(problem.staging, per_thread, false).values : nullptr;
         auto chunk_logits = [&](std::int64_t row, std::int64_t first, std::int64_t count) {
-            return logits.read(row * view.outer_stride + first, count, buffer, nullptr);
+            return logits.read(view.row_offset(row) + first, count, buffer, nullptr);
         };
         // Each chunk's max and its sum against it (see the Note on a chunk's sum in row_engine.h),
         // prefetching the next chunk during the exponentials. A softmax sums the exponentials it
@@ -319,12 +319,12 @@ template <typename T>
     const bool reduces = problem.op == SoftmaxOp::logsumexp;
     if (plan.strategy == Strategy::rows) {
         for (std::int64_t row = range.first; row < range.last; ++row) {
-            logits.load(row * view.outer_stride, classes, buffer, nullptr);
+            logits.load(view.row_offset(row), classes, buffer, nullptr);
             softmax_row(problem, buffer, row, buffer, next_row(logits, view, row));
             if (!reduces) output.store(row * classes, buffer, nullptr, classes);
         }
     } else if (plan.strategy == Strategy::columns) {
-        logits.load_tile(range.outer * view.outer_stride + range.lane0, view.class_stride, classes, range.lanes,
+        logits.load_tile(view.row_offset(range.outer) + range.lane0, view.class_stride, classes, range.lanes,
                          buffer, nullptr);
         if (reduces) {
             softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, problem.output + range.first, 0, false);
@@ -338,7 +338,7 @@ template <typename T>
         binary_log_softmax_tile(buffer, range.lanes, buffer);
         output.store(range.first * 2, buffer, nullptr, range.lanes * 2);
     } else {
-        logits.load_transposed(range.first * view.outer_stride, view.outer_stride, classes, range.lanes, buffer,
+        logits.load_transposed(view.row_offset(range.first), view.outer_stride, classes, range.lanes, buffer,
                                nullptr);
         if (reduces) {
             softmax_tile(problem.op, buffer, kTileLanes, classes, range.lanes, problem.output + range.first, 0, true);
@@ -386,14 +386,14 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
             }
         } else if (plan.strategy == Strategy::rows) {
             for (std::int64_t row = range.first; row < range.last; ++row) {
-                softmax_row(problem, problem.input + row * view.outer_stride, row,
+                softmax_row(problem, problem.input + view.row_offset(row), row,
                             reduces ? nullptr : problem.output + row * classes, next_row(logits, view, row));
             }
         } else if (plan.strategy == Strategy::columns) {
             const std::int64_t outer = range.outer;
             const std::int64_t lane0 = range.lane0;
             const std::int64_t lanes = range.lanes;
-            const T* x = problem.input + outer * view.outer_stride + lane0;
+            const T* x = problem.input + view.row_offset(outer) + lane0;
             T* out = reduces ? problem.output + outer * view.inner + lane0
                              : problem.output + outer * classes * view.inner + lane0;
             const TilePrefetch<T> prefetch = next_tile(problem.input, plan, view, item);
@@ -409,7 +409,7 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
             const std::int64_t lanes = range.lanes;
             T tile_in[kTileClasses * kTileLanes];
             T tile_out[kTileClasses * kTileLanes];
-            transpose_into_tile(problem.input + first * view.outer_stride, view.outer_stride, classes, lanes,
+            transpose_into_tile(problem.input + view.row_offset(first), view.outer_stride, classes, lanes,
                                 tile_in);
             const TilePrefetch<T> prefetch = next_tile(problem.input, plan, view, item);
             if (reduces) {

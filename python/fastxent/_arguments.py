@@ -26,7 +26,7 @@ _FLOAT64 = np.dtype(np.float64)
 _INT64 = np.dtype(np.int64)
 _UINT16 = np.dtype(np.uint16)
 
-View = Tuple[int, int, int, int, int]
+View = Tuple[int, int, int, int, int, int, int]  # _core.ClassAxisView, see _core.pyi
 
 
 def _bfloat16() -> np.dtype:
@@ -147,7 +147,9 @@ def class_axis(ndim: int, axis: Any, pytorch_default: bool) -> int:
 
 def class_view(array: np.ndarray, axis: int) -> Tuple[np.ndarray, View]:
     """Sees ``array`` as (outer, classes, inner) with element strides, without a copy when the
-    inner axes are C-contiguous and the outer axes collapse to one stride; otherwise copies once."""
+    inner axes are C-contiguous and the outer axes collapse to one stride, or, for rows of more than
+    ``_core.TILE_CLASSES`` classes along the last axis, to two (rows in blocks, as ``x[:, :-1]`` of
+    ``(batch, seq, vocab)`` logits); otherwise copies once."""
     shape = array.shape
     classes = shape[axis]
     outer = 1
@@ -157,18 +159,18 @@ def class_view(array: np.ndarray, axis: int) -> Tuple[np.ndarray, View]:
     for extent in shape[axis + 1 :]:
         inner *= extent
     if array.flags.c_contiguous:
-        return array, (outer, classes, inner, classes * inner, inner)
+        return array, (outer, classes, inner, classes * inner, inner, 0, 0)
     view = _strided_view(array, axis, classes, outer, inner)
     if view is None:
         array = np.ascontiguousarray(array)
-        view = (outer, classes, inner, classes * inner, inner)
+        view = (outer, classes, inner, classes * inner, inner, 0, 0)
     return array, view
 
 
 def _strided_view(array: np.ndarray, axis: int, classes: int, outer: int, inner: int) -> Optional[View]:
     shape, strides, item = array.shape, array.strides, array.itemsize
     if array.size == 0:
-        return (outer, classes, inner, classes * inner, inner)
+        return (outer, classes, inner, classes * inner, inner, 0, 0)
     if any(stride % item for stride in strides):
         return None
     expected = item
@@ -182,20 +184,23 @@ def _strided_view(array: np.ndarray, axis: int, classes: int, outer: int, inner:
         class_stride = strides[axis] // item
         if inner == 1 and class_stride != 1:
             return None
-    outer_stride = None
-    run = 1
+    # The outer axes, innermost first, merged into levels of [stride, positions] where they collapse.
+    levels: list = []
     for dim in range(axis - 1, -1, -1):
         if shape[dim] == 1:
             continue
-        if outer_stride is None:
-            outer_stride, run = strides[dim] // item, shape[dim]
-        elif strides[dim] // item != outer_stride * run:
-            return None
+        stride = strides[dim] // item
+        if levels and stride == levels[-1][0] * levels[-1][1]:
+            levels[-1][1] *= shape[dim]
         else:
-            run *= shape[dim]
-    if outer_stride is None:
-        outer_stride = classes * inner
-    return (outer, classes, inner, outer_stride, class_stride)
+            levels.append([stride, shape[dim]])
+    if not levels:
+        return (outer, classes, inner, classes * inner, class_stride, 0, 0)
+    if len(levels) == 1:
+        return (outer, classes, inner, levels[0][0], class_stride, 0, 0)
+    if len(levels) == 2 and inner == 1 and classes > _core.TILE_CLASSES:
+        return (outer, classes, inner, levels[0][0], class_stride, levels[0][1], levels[1][0])
+    return None
 
 
 def reduction_code(reduction: Any) -> int:

@@ -1,7 +1,9 @@
 # Stubs of the compiled module fastxent._core (csrc/bindings/*.cpp). Private: the public API is the
 # fastxent package, which normalises every argument before calling these.
 #
-# view: (outer, classes, inner, outer_stride, class_stride), element strides of the class-axis view.
+# view: (outer, classes, inner, outer_stride, class_stride, block_rows, block_stride), element strides
+# of the class-axis view; block_rows 0, or rows in blocks (inner 1, more than TILE_CLASSES classes):
+# row r at (r // block_rows) * block_stride + (r % block_rows) * outer_stride.
 # Output arrays are C-contiguous, writeable and of the documented size; they are filled in place.
 # half: 16-bit logits handed over as their bits (a uint16 array): 0 float16, 1 bfloat16, -1 none.
 # They are computed in float32: every other float array of the call is then float32, except the
@@ -12,7 +14,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-View = Tuple[int, int, int, int, int]
+View = Tuple[int, int, int, int, int, int, int]
+TILE_CLASSES: int
 
 # register_runtime.cpp
 def set_num_threads(n: int) -> None: ...

@@ -97,7 +97,7 @@ class CrossEntropyLoss:
         if loss is None:
             return None
         self._problem = _Problem(
-            input, (rows, classes, 1, classes, 1), input.shape, (rows,), input.dtype,
+            input, (rows, classes, 1, classes, 1, 0, 0), input.shape, (rows,), input.dtype,
             args.Targets(index, None), None, self.ignore_index, 0.0, code, 0.0, 0.0,
         )
         self._stats, self._plain = stats, True

@@ -135,8 +135,8 @@ def score_spans(
     * ``length``: int64, the span's length.
 
     Rows outside every span are never read, neither their logits nor their targets, unless the
-    logits must first be copied whole: a view whose leading axes do not collapse to one stride (such
-    as ``logits[:, :-1]`` of ``(batch, seq, vocab)`` logits) or of another byte order. A span outside
+    logits must first be copied whole (a layout that is not read in place, see the README, or
+    another byte order; ``logits[:, :-1]`` of ``(batch, seq, vocab)`` logits is read in place). A span outside
     ``[0, rows]`` or of negative length raises ``IndexError``, as does a target outside ``[0, C)``
     inside a span; shapes that do not match raise ``ValueError``, non-integer arrays ``TypeError``.
     """
