@@ -107,6 +107,11 @@ def real_array(value: Any) -> np.ndarray:
     return array
 
 
+def beyond_int64(array: np.ndarray) -> bool:
+    """Whether an integer array holds a value that int64 cannot (uint64 above its range)."""
+    return array.dtype == np.dtype(np.uint64) and array.size > 0 and array.max() > np.iinfo(np.int64).max
+
+
 def compute_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype the kernels compute in: float32 for 16-bit logits."""
     return _FLOAT32 if dtype.itemsize == 2 else dtype
@@ -286,7 +291,7 @@ def targets(target: Any, dtype: np.dtype, axis: int, original_shape: Tuple[int, 
                 f"target shape {shape} does not match input shape {original_shape}: class indices need "
                 f"shape {row_shape} (the input's shape without the class axis {axis})"
             )
-        if array.dtype == np.dtype(np.uint64) and array.size and array.max() > np.iinfo(np.int64).max:
+        if beyond_int64(array):
             raise IndexError(f"target {array.max()} is out of bounds for {original_shape[axis]} classes")
         return Targets(np.ascontiguousarray(array, dtype=np.int64), None)
     if kind == "f":

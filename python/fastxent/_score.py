@@ -58,7 +58,7 @@ def _integer_array(value: ArrayLike, name: str) -> np.ndarray:
 
 def _int64(array: np.ndarray, name: str, classes: int) -> np.ndarray:
     """``array`` as C-contiguous int64; uint64 values beyond int64 are out of bounds."""
-    if array.dtype == np.dtype(np.uint64) and array.size and array.max() > np.iinfo(np.int64).max:
+    if args.beyond_int64(array):
         raise IndexError(f"{name} {array.max()} is out of bounds for {classes} classes")
     return np.asarray(array, dtype=np.int64, order="C")
 
@@ -173,7 +173,7 @@ def _span_targets(array: np.ndarray, classes: int, starts: np.ndarray, lengths: 
     """The targets as C-contiguous int64. A uint64 value beyond int64 is out of bounds in a row that
     a span covers; elsewhere it is never read, and 0 stands in for it (so are the rows of spans
     that are themselves out of bounds, which the core refuses first)."""
-    if array.dtype != np.dtype(np.uint64) or not array.size or array.max() <= np.iinfo(np.int64).max:
+    if not args.beyond_int64(array):
         return np.asarray(array, dtype=np.int64, order="C")
     flat = array.reshape(-1)
     big = flat > np.iinfo(np.int64).max
@@ -189,6 +189,6 @@ def _span_targets(array: np.ndarray, classes: int, starts: np.ndarray, lengths: 
 
 def _span_bounds(array: np.ndarray, name: str, rows: int) -> np.ndarray:
     """``array`` as C-contiguous int64; uint64 values beyond int64 are out of bounds."""
-    if array.dtype == np.dtype(np.uint64) and array.size and array.max() > np.iinfo(np.int64).max:
+    if args.beyond_int64(array):
         raise IndexError(f"{name} {array.max()} is out of bounds for {rows} rows")
     return np.asarray(array, dtype=np.int64, order="C")
