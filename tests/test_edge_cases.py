@@ -201,6 +201,38 @@ def test_masked_target_gives_infinite_loss(dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
+@pytest.mark.parametrize(
+    "shape", [(64, 5), (300, 3), (33, 40), (4, 3000), (2, 150_001), (5, 7, 3, 4), (3, 300, 2)]
+)
+def test_infinite_class_weight_at_the_row_max(rng, shape, probabilities, reduction, dtype):
+    """A class of infinite weight that holds its row's max: its log-probability, -log(sum), is < 0,
+    so the smoothing term (or the probability target's) is +inf, as in the reference and PyTorch,
+    not inf * 0 = NaN. Shapes for every strategy: tiles, whole rows, rows split across threads, an
+    inner class axis."""
+    layout = Layout(shape, None)
+    x = make_logits(rng, shape, dtype)
+    boosted = rng.random((shape[0],) + shape[2:]) < 0.5
+    x[:, 1] = np.where(boosted, np.max(x, axis=1) + 1.0, x[:, 1])
+    weight = np.ones(shape[1], dtype)
+    weight[1] = np.inf
+    if probabilities:
+        target = make_probability_target(rng, layout, dtype)
+        options = {}
+    else:
+        target = make_index_target(rng, layout)
+        target[target == 1] = 0  # a target of class 1 would make the row inf without smoothing
+        options = {"label_smoothing": 0.1}
+    expected = ref.cross_entropy(upcast(x), upcast(target), upcast(weight), reduction=reduction, **options)
+    assert np.all(np.isposinf(expected))
+    expected_grad = ref.cross_entropy_grad(upcast(x), upcast(target), upcast(weight), reduction=reduction, **options)
+    for name, loss, grad in every_way(x, target, reduction=reduction, weight=weight, **options):
+        assert np.all(np.isposinf(loss)), name
+        assert_close(grad, expected_grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
 def test_huge_logits(rng, probabilities, reduction, dtype):

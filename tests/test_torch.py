@@ -169,6 +169,27 @@ def test_masked_and_huge_logits(rng, reduction, dtype):
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
+@pytest.mark.parametrize("shape", [(64, 5), (4, 3000), (2, 150_001), (3, 300, 2)])
+def test_infinite_class_weight_at_the_row_max(rng, shape, probabilities, reduction, dtype):
+    """torch's +inf rows (and NaN mean, inf / inf) where the infinite weight's class holds the max."""
+    layout = Layout(shape, None)
+    x = make_logits(rng, shape, dtype)
+    boosted = rng.random((shape[0],) + shape[2:]) < 0.5
+    x[:, 1] = np.where(boosted, np.max(x, axis=1) + 1.0, x[:, 1])
+    weight = np.ones(shape[1], dtype)
+    weight[1] = np.inf
+    if probabilities:
+        target, options = make_probability_target(rng, layout, dtype), {}
+    else:
+        target, options = make_index_target(rng, layout), {"label_smoothing": 0.1}
+        target[target == 1] = 0
+    rows = count_rows(layout)
+    check_against_torch(x, target, reduction=reduction, grad_output=1.0, rows=rows, weight=weight, **options)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("function", ["log_softmax", "softmax", "logsumexp"])
 @pytest.mark.parametrize("layout", LAYOUTS + OTHER_AXES)
 def test_softmax_family(rng, function, layout, dtype):

@@ -364,9 +364,29 @@ double row_sum_exp(const T* x, std::int64_t n, T shift, NextRow next = {}) {
     return row_sum_terms<T, SumTerms::in_sum>(x, nullptr, n, shift, next);
 }
 
-// sum_i u_i * (x_i - shift) in double, with u_i = weight_i (or 1 when weight is null).
-template <typename T>
-double row_weighted_sum(const T* x, const T* weight, std::int64_t n, T shift) {
+// Note: a weight at the max. The weighted sums below, S = sum_c u_c (x_c - max), leave each class's
+// u_c log(sum) to the row's U log(sum) (see loss.cpp), so their term at the max is u_c * 0: NaN for
+// an infinite class weight, where PyTorch's u_c * log_softmax_c is -inf (log_softmax_c = -log(sum)
+// < 0) and the row's loss +inf. So where a class weight is infinite, a term whose difference is 0
+// adds 0 whatever u_c: U, which holds u_c, still makes the loss inf (NaN where log(sum) is 0, as
+// PyTorch's inf * 0). The select costs two instructions an element (the weighted sums of 4096 x 1000
+// rows took 1.1-1.2 times as long with it everywhere), so it is only taken for an infinite weight:
+// per class in the tiles, per call (kGuard) along a row. A finite u_c gives the same sums either way
+// (u_c * 0 is +-0, and only the sign of a zero S could differ). Probability targets of inf are not
+// guarded: their rows are NaN where PyTorch's may be inf.
+template <bool kGuard>
+FASTXENT_MATH double weighted_difference(double u, double difference) {
+    if constexpr (kGuard) {
+        return difference == 0.0 ? 0.0 : u * difference;
+    } else {
+        return u * difference;
+    }
+}
+
+// sum_i u_i * (x_i - shift) in double, with u_i = weight_i (or 1 when weight is null); kGuard as
+// weighted_difference's.
+template <bool kGuard, typename T>
+double row_weighted_sum_of(const T* x, const T* weight, std::int64_t n, T shift) {
     constexpr int L = kAccumulators<T>;
     double acc[L];
     for (int j = 0; j < L; ++j) acc[j] = 0.0;
@@ -379,12 +399,22 @@ double row_weighted_sum(const T* x, const T* weight, std::int64_t n, T shift) {
     } else {
         for (; i + L <= n; i += L) {
             for (int j = 0; j < L; ++j) {
-                acc[j] += static_cast<double>(weight[i + j]) * static_cast<double>(x[i + j] - shift);
+                const double difference = static_cast<double>(x[i + j] - shift);
+                acc[j] += weighted_difference<kGuard>(static_cast<double>(weight[i + j]), difference);
             }
         }
-        for (; i < n; ++i) acc[0] += static_cast<double>(weight[i]) * static_cast<double>(x[i] - shift);
+        for (; i < n; ++i) {
+            acc[0] += weighted_difference<kGuard>(static_cast<double>(weight[i]), static_cast<double>(x[i] - shift));
+        }
     }
     return fold_sum(acc);
+}
+
+// row_weighted_sum_of, guarded where some class weight is infinite (see the Note above).
+template <typename T>
+double row_weighted_sum(const T* x, const T* weight, std::int64_t n, T shift, bool infinite_weight) {
+    return infinite_weight ? row_weighted_sum_of<true>(x, weight, n, shift)
+                           : row_weighted_sum_of<false>(x, weight, n, shift);
 }
 
 // The smoothed probability target times the class weight: u_c = w_c * ((1 - e) * y_c + e / C).
@@ -393,6 +423,7 @@ struct ProbabilityWeights {
     T keep;        // 1 - e
     T uniform;     // e / C
     const T* weight;
+    bool infinite_weight;  // some w_c is infinite (see the Note on a weight at the max)
     T at(const T* y, std::int64_t c) const {
         const T smoothed = keep * y[c] + uniform;
         return weight == nullptr ? smoothed : weight[c] * smoothed;
@@ -400,9 +431,9 @@ struct ProbabilityWeights {
 };
 
 // For probability targets: sum_c u_c * (x_c - shift) and sum_c u_c, both in double.
-template <typename T>
-void row_probability_sums(const T* x, const T* y, const ProbabilityWeights<T>& u, std::int64_t n,
-                          T shift, double& dot, double& total) {
+template <bool kGuard, typename T>
+void row_probability_sums_of(const T* x, const T* y, const ProbabilityWeights<T>& u, std::int64_t n,
+                             T shift, double& dot, double& total) {
     constexpr int L = kAccumulators<T>;
     double dot_acc[L];
     double total_acc[L];
@@ -411,17 +442,28 @@ void row_probability_sums(const T* x, const T* y, const ProbabilityWeights<T>& u
     for (; i + L <= n; i += L) {
         for (int j = 0; j < L; ++j) {
             const T weight_j = u.at(y, i + j);
-            dot_acc[j] += static_cast<double>(weight_j) * static_cast<double>(x[i + j] - shift);
+            const double difference = static_cast<double>(x[i + j] - shift);
+            dot_acc[j] += weighted_difference<kGuard>(static_cast<double>(weight_j), difference);
             total_acc[j] += static_cast<double>(weight_j);
         }
     }
     for (; i < n; ++i) {
         const T weight_i = u.at(y, i);
-        dot_acc[0] += static_cast<double>(weight_i) * static_cast<double>(x[i] - shift);
+        dot_acc[0] += weighted_difference<kGuard>(static_cast<double>(weight_i), static_cast<double>(x[i] - shift));
         total_acc[0] += static_cast<double>(weight_i);
     }
     dot = fold_sum(dot_acc);
     total = fold_sum(total_acc);
+}
+
+template <typename T>
+void row_probability_sums(const T* x, const T* y, const ProbabilityWeights<T>& u, std::int64_t n,
+                          T shift, double& dot, double& total) {
+    if (u.infinite_weight) {
+        row_probability_sums_of<true>(x, y, u, n, shift, dot, total);
+    } else {
+        row_probability_sums_of<false>(x, y, u, n, shift, dot, total);
+    }
 }
 
 // Whole rows whose logs are taken together (loss.cpp's plain_row_losses, softmax.cpp's
@@ -985,8 +1027,15 @@ void tile_weighted_sum(const T* x, std::int64_t stride, const T* weight, std::in
     for (std::int64_t l = 0; l < lanes; ++l) out[l] = 0.0;
     for (std::int64_t c = 0; c < classes; ++c) {
         const T* row = x + c * stride;
-        const double w = weight == nullptr ? 1.0 : static_cast<double>(weight[c]);
-        for (std::int64_t l = 0; l < lanes; ++l) out[l] += w * static_cast<double>(row[l] - max[l]);
+        if (weight == nullptr) {
+            for (std::int64_t l = 0; l < lanes; ++l) out[l] += static_cast<double>(row[l] - max[l]);
+        } else if (const double w = static_cast<double>(weight[c]); std::isinf(w)) {
+            for (std::int64_t l = 0; l < lanes; ++l) {
+                out[l] += weighted_difference<true>(w, static_cast<double>(row[l] - max[l]));
+            }
+        } else {
+            for (std::int64_t l = 0; l < lanes; ++l) out[l] += w * static_cast<double>(row[l] - max[l]);
+        }
     }
 }
 
@@ -1000,6 +1049,15 @@ void tile_probability_sums(const T* x, std::int64_t stride, const T* y, std::int
         const T* row = x + c * stride;
         const T* target = y + c * y_stride;
         const T w = u.weight == nullptr ? T(1) : u.weight[c];
+        if (std::isinf(w)) {
+            for (std::int64_t l = 0; l < lanes; ++l) {
+                const T weight_l = w * (u.keep * target[l] + u.uniform);
+                const double difference = static_cast<double>(row[l] - max[l]);
+                dot[l] += weighted_difference<true>(static_cast<double>(weight_l), difference);
+                total[l] += static_cast<double>(weight_l);
+            }
+            continue;
+        }
         for (std::int64_t l = 0; l < lanes; ++l) {
             const T weight_l = w * (u.keep * target[l] + u.uniform);
             dot[l] += static_cast<double>(weight_l) * static_cast<double>(row[l] - max[l]);
