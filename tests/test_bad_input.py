@@ -358,6 +358,44 @@ def test_out_partially_overlapping_the_logits(api):
     np.testing.assert_array_equal(x, before)
 
 
+GRAD_APIS = {
+    "cross_entropy_grad": lambda x, t, out: fx.cross_entropy_grad(x, t, axis=-1, out=out),
+    "cross_entropy_with_grad": lambda x, t, out: fx.cross_entropy_with_grad(x, t, axis=-1, out=out),
+    "CrossEntropyLoss.backward": lambda x, t, out: (lambda c: (c(x, t), c.backward(out=out)))(
+        fx.CrossEntropyLoss(axis=-1)
+    ),
+    # Default options: the common call's path, for 2-D logits.
+    "CrossEntropyLoss.backward-default": lambda x, t, out: (lambda c: (c(x, t), c.backward(out=out)))(
+        fx.CrossEntropyLoss()
+    ),
+}
+
+
+@pytest.mark.parametrize("api", [name for name in GRAD_APIS if not name.endswith("default")])
+def test_out_overlapping_logits_that_are_copied(api):
+    """A view the kernels cannot read in place (3 classes of rows in blocks) is copied first; out= may
+    still not overlap the caller's array, which the loss class's backward would otherwise write."""
+    base = np.random.default_rng(0).standard_normal((2, 4, 3))
+    x = base[:, :-1]
+    out = base.reshape(-1)[: x.size].reshape(x.shape)
+    before = base.copy()
+    with pytest.raises(ValueError) as error:
+        GRAD_APIS[api](x, np.zeros((2, 3), np.int64), out)
+    says(error, "overlap")
+    np.testing.assert_array_equal(base, before)
+
+
+@pytest.mark.parametrize("api", GRAD_APIS)
+def test_out_overlapping_the_index_targets(api):
+    buffer = np.zeros(12, np.int64)
+    target = buffer[:6]
+    out = buffer.view(np.float64)[:12].reshape(6, 2)
+    with pytest.raises(ValueError) as error:
+        GRAD_APIS[api](logits((6, 2)), target, out)
+    says(error, "overlap")
+    np.testing.assert_array_equal(buffer, 0)
+
+
 def test_out_overlapping_a_reversed_view_of_the_logits():
     x = logits((8, 40))
     with pytest.raises(ValueError) as error:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -52,6 +52,9 @@ class CrossEntropyLoss:
         self._problem: Optional[_Problem] = None
         self._stats: Optional[np.ndarray] = None
         self._plain = False  # whether the last forward was the common call (see _plain_forward)
+        # The caller's arrays of the last forward, which backward's out= must not overlap either (the
+        # problem may hold copies of them).
+        self._originals: Tuple[Any, ...] = ()
 
     def forward(self, input: ArrayLike, target: ArrayLike) -> Any:
         """The loss of ``input`` against ``target`` (``(loss, z_part)`` with ``return_z_loss``);
@@ -79,6 +82,7 @@ class CrossEntropyLoss:
         stats = np.zeros((problem.rows, 2), np.float64)
         loss = _loss(problem, self.return_z_loss, save_stats=stats)
         self._problem, self._stats, self._plain = problem, stats, False
+        self._originals = (input, target)
         return loss
 
     __call__ = forward
@@ -101,6 +105,7 @@ class CrossEntropyLoss:
             args.Targets(index, None), None, self.ignore_index, 0.0, code, 0.0, 0.0,
         )
         self._stats, self._plain = stats, True
+        self._originals = (target,)
         return loss if self.reduction == "none" else args.scalar(loss, input.dtype)
 
     def backward(self, grad_output: ArrayLike = 1.0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -109,14 +114,14 @@ class CrossEntropyLoss:
         problem = self._problem
         if problem is None:
             raise RuntimeError("backward() was called before forward(): there is no loss to differentiate")
-        if self._plain and _plain_scalar(grad_output):
+        if self._plain and _plain_scalar(grad_output) and not _overlaps(out, self._originals):
             grad = _core.cross_entropy_fast_with(
                 problem.array, problem.targets.index, problem.ignore_index, problem.reduction, float(grad_output),
                 False, True, out, None, self._stats,
             )
             if grad is not None:
                 return grad
-        scalar, rows, grad = _grad_buffers(problem, grad_output, out, (), problem.array)
+        scalar, rows, grad = _grad_buffers(problem, grad_output, out, self._originals, problem.array)
         problem.run(grad=grad, grad_output=scalar, grad_rows=rows, saved_stats=self._stats)
         return grad
 
@@ -127,3 +132,10 @@ class CrossEntropyLoss:
             f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
             f"return_z_loss={self.return_z_loss}, softcap={self.softcap})"
         )
+
+
+def _overlaps(out: Optional[np.ndarray], arrays: Tuple[Any, ...]) -> bool:
+    """Whether ``out`` may share memory with one of the NumPy arrays among ``arrays``."""
+    if out is None:
+        return False
+    return any(isinstance(array, np.ndarray) and np.may_share_memory(out, array) for array in arrays)
