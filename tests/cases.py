@@ -135,6 +135,23 @@ def make_weight(rng, num_classes, dtype=np.float64) -> np.ndarray:
     return rng.uniform(0.25, 2.0, num_classes).astype(dtype)
 
 
+def make_infinite_weight_case(rng, shape, probabilities: bool, dtype):
+    """(logits, target, weight, options): class 1 weighs inf and holds the max of about half the rows;
+    index targets (never class 1, whose rows would be inf without smoothing) come with label
+    smoothing, so that every row's loss is +inf either way."""
+    layout = Layout(shape, None)
+    x = make_logits(rng, shape, dtype)
+    boosted = rng.random(layout.row_shape) < 0.5
+    x[:, 1] = np.where(boosted, np.max(x, axis=1) + 1.0, x[:, 1])
+    weight = np.ones(shape[1], dtype)
+    weight[1] = np.inf
+    if probabilities:
+        return x, make_probability_target(rng, layout, dtype), weight, {}
+    target = make_index_target(rng, layout)
+    target[target == 1] = 0
+    return x, target, weight, {"label_smoothing": 0.1}
+
+
 def make_index_target(rng, layout: Layout, options: Options = Options(), dtype=np.int64) -> np.ndarray:
     """Class indices for ``layout``; some rows set to ``ignore_index`` when asked.
 

@@ -19,6 +19,7 @@ from cases import (
     assert_loss_close,
     count_rows,
     make_index_target,
+    make_infinite_weight_case,
     make_logits,
     make_probability_target,
     make_weight,
@@ -211,19 +212,7 @@ def test_infinite_class_weight_at_the_row_max(rng, shape, probabilities, reducti
     so the smoothing term (or the probability target's) is +inf, as in the reference and PyTorch,
     not inf * 0 = NaN. Shapes for every strategy: tiles, whole rows, rows split across threads, an
     inner class axis."""
-    layout = Layout(shape, None)
-    x = make_logits(rng, shape, dtype)
-    boosted = rng.random((shape[0],) + shape[2:]) < 0.5
-    x[:, 1] = np.where(boosted, np.max(x, axis=1) + 1.0, x[:, 1])
-    weight = np.ones(shape[1], dtype)
-    weight[1] = np.inf
-    if probabilities:
-        target = make_probability_target(rng, layout, dtype)
-        options = {}
-    else:
-        target = make_index_target(rng, layout)
-        target[target == 1] = 0  # a target of class 1 would make the row inf without smoothing
-        options = {"label_smoothing": 0.1}
+    x, target, weight, options = make_infinite_weight_case(rng, shape, probabilities, dtype)
     expected = ref.cross_entropy(upcast(x), upcast(target), upcast(weight), reduction=reduction, **options)
     assert np.all(np.isposinf(expected))
     expected_grad = ref.cross_entropy_grad(upcast(x), upcast(target), upcast(weight), reduction=reduction, **options)

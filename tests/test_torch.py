@@ -32,6 +32,7 @@ from cases import (  # noqa: E402
     loss_kwargs,
     make_grad_output,
     make_index_target,
+    make_infinite_weight_case,
     make_logits,
     make_probability_target,
     make_weight,
@@ -174,18 +175,8 @@ def test_masked_and_huge_logits(rng, reduction, dtype):
 @pytest.mark.parametrize("shape", [(64, 5), (4, 3000), (2, 150_001), (3, 300, 2)])
 def test_infinite_class_weight_at_the_row_max(rng, shape, probabilities, reduction, dtype):
     """torch's +inf rows (and NaN mean, inf / inf) where the infinite weight's class holds the max."""
-    layout = Layout(shape, None)
-    x = make_logits(rng, shape, dtype)
-    boosted = rng.random((shape[0],) + shape[2:]) < 0.5
-    x[:, 1] = np.where(boosted, np.max(x, axis=1) + 1.0, x[:, 1])
-    weight = np.ones(shape[1], dtype)
-    weight[1] = np.inf
-    if probabilities:
-        target, options = make_probability_target(rng, layout, dtype), {}
-    else:
-        target, options = make_index_target(rng, layout), {"label_smoothing": 0.1}
-        target[target == 1] = 0
-    rows = count_rows(layout)
+    x, target, weight, options = make_infinite_weight_case(rng, shape, probabilities, dtype)
+    rows = count_rows(Layout(shape, None))
     check_against_torch(x, target, reduction=reduction, grad_output=1.0, rows=rows, weight=weight, **options)
 
 
