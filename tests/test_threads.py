@@ -4,6 +4,11 @@ count; and threadpoolctl's threadpool_limits limits fastxent's OpenMP pool."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -176,3 +181,56 @@ def test_set_num_threads_is_not_undone_by_a_wider_limit(restore_num_threads):
     with threadpoolctl.threadpool_limits(limits=4):
         assert fx.get_num_threads() == 1
     assert fx.get_num_threads() == 1
+
+
+def in_a_new_thread(function):
+    """function() called in a new Python thread; its result."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(function()))
+    thread.start()
+    thread.join(timeout=60)
+    return result[0]
+
+
+def test_a_raised_thread_count_holds_in_every_thread(restore_num_threads):
+    """set_num_threads above OpenMP's default holds in threads other than the caller's too (each
+    thread has its own OpenMP count, which once capped the setting)."""
+    if not fx.cpu_info()["openmp"]:
+        pytest.skip("built without OpenMP")
+    raised = in_a_new_thread(fx.get_num_threads) + 1
+    fx.set_num_threads(raised)
+    assert fx.get_num_threads() == raised
+    assert in_a_new_thread(fx.get_num_threads) == raised
+    fx.set_num_threads(1)
+    assert in_a_new_thread(fx.get_num_threads) == 1
+
+
+def test_a_limit_around_the_first_call_does_not_outlast_it():
+    """The initial thread count is OpenMP's default, not the count of the thread that happened to
+    make the first call: a threadpool_limits block around it once kept the process at its limit."""
+    pytest.importorskip("threadpoolctl")
+    if not fx.cpu_info()["openmp"]:
+        pytest.skip("built without OpenMP")
+    code = """
+        import json, threading
+        import numpy as np, threadpoolctl
+        import fastxent as fx
+        x = np.zeros((2048, 100), np.float32)
+        seen = {}
+        def first_call():
+            with threadpoolctl.threadpool_limits(limits=1):
+                fx.cross_entropy(x, np.zeros(2048, np.int64))
+                seen["inside"] = fx.get_num_threads()
+        thread = threading.Thread(target=first_call)
+        thread.start()
+        thread.join()
+        seen["after"] = fx.get_num_threads()
+        print(json.dumps(seen))
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="3")
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert child.returncode == 0, child.stderr
+    assert json.loads(child.stdout) == {"inside": 1, "after": 3}
+

@@ -9,7 +9,8 @@ namespace fastxent {
 // larger. OpenMP ends the process when it cannot create a thread it is asked for.
 int thread_limit();
 // The number of threads the kernels may use (initially OpenMP's default, itself set by
-// OMP_NUM_THREADS or the machine's cores, up to thread_limit()). Thread-safe.
+// OMP_NUM_THREADS or the machine's cores, up to thread_limit()), or the calling thread's OpenMP count
+// where an outside tool lowered it (see the Note on OpenMP's own setting in parallel.cpp). Thread-safe.
 int max_threads();
 // Sets it; n outside [1, thread_limit()] is rejected by the caller. Without OpenMP every count
 // behaves as 1.

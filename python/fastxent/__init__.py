@@ -44,13 +44,15 @@ __all__ = [
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the number of threads the kernels use: at least 1, and at most 1024 or the number of
-    hardware threads, whichever is larger (``ValueError`` otherwise). Results do not depend on it."""
+    """Sets the number of threads the kernels use, in calls from every Python thread: at least 1, and
+    at most 1024 or the number of hardware threads, whichever is larger (``ValueError`` otherwise).
+    Results do not depend on it."""
     _core.set_num_threads(int(n))
 
 
 def get_num_threads() -> int:
-    """The number of threads the kernels use (initially OpenMP's default: OMP_NUM_THREADS or the cores)."""
+    """The number of threads the kernels use in calls from this thread (initially OpenMP's default:
+    OMP_NUM_THREADS or the cores; lower inside a threadpoolctl limit entered in this thread)."""
     return _core.get_num_threads()
 
 
