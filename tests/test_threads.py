@@ -234,3 +234,32 @@ def test_a_limit_around_the_first_call_does_not_outlast_it():
     assert child.returncode == 0, child.stderr
     assert json.loads(child.stdout) == {"inside": 1, "after": 3}
 
+
+def test_a_shared_loss_object_never_mixes_two_calls():
+    """backward() of an instance shared by threads is the gradient of one whole forward call
+    (whichever came last), never one call's logits with another call's row statistics."""
+    rng = np.random.default_rng(4)
+    inputs = [rng.standard_normal((16, 9)).astype(np.float32) for _ in range(2)]
+    target = np.arange(16) % 9
+    gradients = [fx.cross_entropy_grad(x, target).tobytes() for x in inputs]
+    criterion = fx.CrossEntropyLoss()
+    failures = []
+
+    def worker(x):
+        for _ in range(2000):
+            criterion(x, target)
+            if criterion.backward().tobytes() not in gradients:
+                failures.append("a gradient of neither call")
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker, args=(inputs[i % 2],)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures, failures[0]

@@ -22,6 +22,8 @@ class CrossEntropyLoss:
     max and log-sum-exp (16 bytes a row), so that ``backward`` reads the logits once and no N x C
     buffer is kept. Probability targets are kept by reference too. The loss is
     ``cross_entropy_with_grad``'s, which may differ from ``cross_entropy``'s in the last bit.
+    An instance shared by threads gives, in ``backward``, the gradient of whichever thread's
+    ``forward`` ran last: use one instance per thread.
     """
 
     def __init__(
@@ -49,12 +51,11 @@ class CrossEntropyLoss:
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
-        self._problem: Optional[_Problem] = None
-        self._stats: Optional[np.ndarray] = None
-        self._plain = False  # whether the last forward was the common call (see _plain_forward)
-        # The caller's arrays of the last forward, which backward's out= must not overlap either (the
-        # problem may hold copies of them).
-        self._originals: Tuple[Any, ...] = ()
+        # What backward needs of the last forward, set in one assignment and read once, so that an
+        # instance shared by threads never pairs one call's logits with another call's statistics:
+        # (problem, saved row statistics, whether it was the common call (see _plain_forward), the
+        # caller's arrays, which backward's out= must not overlap either: the problem may hold copies).
+        self._last: Optional[Tuple[_Problem, np.ndarray, bool, Tuple[Any, ...]]] = None
 
     def forward(self, input: ArrayLike, target: ArrayLike) -> Any:
         """The loss of ``input`` against ``target`` (``(loss, z_part)`` with ``return_z_loss``);
@@ -81,8 +82,7 @@ class CrossEntropyLoss:
             problem = problem._replace(targets=problem.targets._replace(index=problem.targets.index.copy()))
         stats = np.zeros((problem.rows, 2), np.float64)
         loss = _loss(problem, self.return_z_loss, save_stats=stats)
-        self._problem, self._stats, self._plain = problem, stats, False
-        self._originals = (input, target)
+        self._last = (problem, stats, False, (input, target))
         return loss
 
     __call__ = forward
@@ -100,29 +100,29 @@ class CrossEntropyLoss:
         loss = _core.cross_entropy_fast_with(input, index, self.ignore_index, code, 1.0, True, False, None, stats, None)
         if loss is None:
             return None
-        self._problem = _Problem(
+        problem = _Problem(
             input, (rows, classes, 1, classes, 1, 0, 0), input.shape, (rows,), input.dtype,
             args.Targets(index, None), None, self.ignore_index, 0.0, code, 0.0, 0.0,
         )
-        self._stats, self._plain = stats, True
-        self._originals = (target,)
+        self._last = (problem, stats, True, (target,))
         return loss if self.reduction == "none" else args.scalar(loss, input.dtype)
 
     def backward(self, grad_output: ArrayLike = 1.0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """d loss / d input of the last ``forward`` call, times ``grad_output`` (a scalar, or for
         ``reduction="none"`` an array of the loss's shape). ``out`` as in ``cross_entropy_grad``."""
-        problem = self._problem
-        if problem is None:
+        last = self._last
+        if last is None:
             raise RuntimeError("backward() was called before forward(): there is no loss to differentiate")
-        if self._plain and _plain_scalar(grad_output) and not _overlaps(out, self._originals):
+        problem, stats, plain, originals = last
+        if plain and _plain_scalar(grad_output) and not _overlaps(out, originals):
             grad = _core.cross_entropy_fast_with(
                 problem.array, problem.targets.index, problem.ignore_index, problem.reduction, float(grad_output),
-                False, True, out, None, self._stats,
+                False, True, out, None, stats,
             )
             if grad is not None:
                 return grad
-        scalar, rows, grad = _grad_buffers(problem, grad_output, out, self._originals, problem.array)
-        problem.run(grad=grad, grad_output=scalar, grad_rows=rows, saved_stats=self._stats)
+        scalar, rows, grad = _grad_buffers(problem, grad_output, out, originals, problem.array)
+        problem.run(grad=grad, grad_output=scalar, grad_rows=rows, saved_stats=stats)
         return grad
 
     def __repr__(self) -> str:
