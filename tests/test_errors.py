@@ -269,6 +269,28 @@ def test_label_smoothing_bounds_are_allowed():
         fx.cross_entropy(logits(), np.zeros(6, dtype=np.int64), label_smoothing=label_smoothing)
 
 
+NOT_NUMBERS = ["0.1", b"0.1", True, np.bool_(False), None, [0.1], np.array([0.1]), object()]
+
+
+@pytest.mark.parametrize("call", CROSS_ENTROPY_CALLS)
+@pytest.mark.parametrize("option", ["label_smoothing", "z_loss", "softcap"])
+@pytest.mark.parametrize("value", NOT_NUMBERS, ids=lambda value: type(value).__name__)
+def test_numeric_options_must_be_numbers(call, option, value):
+    """A string is not parsed, nor a bool taken for 0 or 1: ValueError naming the option (softcap's
+    None is its default, and allowed)."""
+    if option == "softcap" and value is None:
+        return
+    with pytest.raises(ValueError, match=option):
+        call(logits(), np.zeros(6, dtype=np.int64), **{option: value})
+
+
+@pytest.mark.parametrize("value", [0, 0.1, np.float32(0.1), np.float64(0.1), np.int64(0), np.array(0.1)])
+def test_numeric_options_take_python_and_numpy_numbers(value):
+    x, target = logits(), np.zeros(6, dtype=np.int64)
+    expected = fx.cross_entropy(x, target, label_smoothing=float(value), z_loss=float(value))
+    assert fx.cross_entropy(x, target, label_smoothing=value, z_loss=value) == expected
+
+
 @pytest.mark.parametrize("call", LOSS_CALLS)
 @pytest.mark.parametrize("reduction", ["avg", "Mean", "", "elementwise_mean"])
 def test_unknown_reduction(call, reduction):

@@ -215,21 +215,25 @@ def reduction_code(reduction: Any) -> int:
     return code
 
 
+def _option_number(value: Any, name: str, requirement: str) -> float:
+    """A numeric option as a float: a Python or NumPy int or float, or a 0-d real array (not a bool, a
+    string or a sequence, which raise ``ValueError`` saying what ``name`` must be)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+        return float(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be {requirement}, got {value!r}")
+    return float(value)
+
+
 def smoothing(label_smoothing: Any) -> float:
-    try:
-        value = float(label_smoothing)
-    except (TypeError, ValueError):
-        raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}") from None
+    value = _option_number(label_smoothing, "label_smoothing", "a number in [0, 1]")
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ValueError(f"label_smoothing must be in [0, 1], got {value}")
     return value
 
 
 def z_loss(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"z_loss must be a finite number >= 0, got {value!r}") from None
+    number = _option_number(value, "z_loss", "a finite number >= 0")
     if not 0.0 <= number < math.inf:  # also rejects NaN
         raise ValueError(f"z_loss must be a finite number >= 0, got {number}")
     return number
@@ -239,9 +243,7 @@ def softcap(value: Any) -> float:
     """The soft cap as ``_core`` takes it: 0.0 for ``None``."""
     if value is None:
         return 0.0
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"softcap must be None or a finite number > 0, got {value!r}")
-    number = float(value)
+    number = _option_number(value, "softcap", "None or a finite number > 0")
     if not 0.0 < number < math.inf:  # also rejects NaN
         raise ValueError(f"softcap must be None or a finite number > 0, got {number}")
     return number

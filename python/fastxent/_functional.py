@@ -141,7 +141,7 @@ def _prepare(
     class_weight = args.class_weight(weight, shape[axis], compute)
     array, view = args.class_view(array, axis)
     row_shape = shape[:axis] + shape[axis + 1 :]
-    z = args.z_loss(z_loss) if z_loss != 0.0 else 0.0
+    z = args.z_loss(z_loss)
     return _Problem(array, view, shape, row_shape, dtype, targets, class_weight, ignore, smoothing, code, z, cap)
 
 
