@@ -53,6 +53,19 @@ def test_set_num_threads_out_of_range(restore_num_threads, n):
     assert fx.get_num_threads() == before
 
 
+@pytest.mark.parametrize("n", [1.5, 2.0, "2", True, None])
+def test_set_num_threads_takes_only_integers(restore_num_threads, n):
+    before = fx.get_num_threads()
+    with pytest.raises(TypeError, match="integer"):
+        fx.set_num_threads(n)
+    assert fx.get_num_threads() == before
+
+
+def test_set_num_threads_takes_numpy_integers(restore_num_threads):
+    fx.set_num_threads(np.int64(1))
+    assert fx.get_num_threads() == 1
+
+
 def test_set_num_threads_up_to_1024(restore_num_threads):
     fx.set_num_threads(1024)
     assert fx.get_num_threads() == 1024

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+import numpy as np
+
 from . import _core
 from ._functional import (
     cross_entropy,
@@ -46,7 +48,9 @@ __all__ = [
 def set_num_threads(n: int) -> None:
     """Sets the number of threads the kernels use, in calls from every Python thread: at least 1, and
     at most 1024 or the number of hardware threads, whichever is larger (``ValueError`` otherwise).
-    Results do not depend on it."""
+    Results do not depend on it. ``n`` must be an integer (``TypeError`` otherwise)."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"the number of threads must be an integer, got {n!r}")
     _core.set_num_threads(int(n))
 
 
