@@ -222,6 +222,30 @@ def test_infinite_class_weight_at_the_row_max(rng, shape, probabilities, reducti
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("bad_weight", [np.inf, np.nan], ids=["inf", "nan"])
+@pytest.mark.parametrize("shape", [(64, 5), (33, 40), (4, 3000), (5, 7, 3, 4)])
+def test_ignored_rows_stay_zero_under_a_non_finite_class_weight(rng, shape, bad_weight, reduction, dtype):
+    """An ignored row is dropped (SPEC: v_i = 0), so its loss and gradient are 0 even where a class
+    weighs inf or NaN and label smoothing reaches every class (PyTorch's autograd gives 0 * inf =
+    NaN there); the kept rows are inf or NaN, as in the reference."""
+    x, target, weight, options = make_infinite_weight_case(rng, shape, False, dtype)
+    weight[1] = bad_weight
+    ignored = rng.random(target.shape) < 0.5
+    ignored.flat[0] = True
+    target = np.where(ignored, -100, target)
+    expected_grad = ref.cross_entropy_grad(upcast(x), upcast(target), upcast(weight), reduction=reduction, **options)
+    ignored_grad = np.expand_dims(ignored, 1) & np.ones(x.shape, bool)
+    assert np.all(expected_grad[ignored_grad] == 0.0)
+    for name, loss, grad in every_way(x, target, reduction=reduction, weight=weight, **options):
+        assert np.all(grad[ignored_grad] == 0.0), name
+        assert_close(grad, expected_grad, dtype)
+        if reduction == "none":
+            assert np.all(loss[ignored] == 0.0), name
+            assert not np.any(np.isfinite(loss[~ignored])), name
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("probabilities", [False, True], ids=["index", "probability"])
 def test_huge_logits(rng, probabilities, reduction, dtype):
