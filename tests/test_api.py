@@ -44,7 +44,7 @@ def test_set_and_get_num_threads(restore_num_threads, n):
     np.testing.assert_allclose(fx.logsumexp(x), np.log(np.exp(x).sum(axis=1)), rtol=1e-12)
 
 
-@pytest.mark.parametrize("n", [0, -1, 10**6, 2**40])
+@pytest.mark.parametrize("n", [0, -1, 10**6, 2**40, 2**70, -(2**70), np.int64(2**62)])
 def test_set_num_threads_out_of_range(restore_num_threads, n):
     """Too many threads is refused up front: OpenMP would end the process when it cannot make them."""
     before = fx.get_num_threads()

@@ -51,7 +51,9 @@ def set_num_threads(n: int) -> None:
     Results do not depend on it. ``n`` must be an integer (``TypeError`` otherwise)."""
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"the number of threads must be an integer, got {n!r}")
-    _core.set_num_threads(int(n))
+    # A Python int beyond int64 is out of range like any count too large: bounded here, so that the
+    # core's range check (ValueError) answers for it rather than the binding's conversion.
+    _core.set_num_threads(max(-(2**62), min(int(n), 2**62)))
 
 
 def get_num_threads() -> int:

@@ -222,7 +222,10 @@ def _option_number(value: Any, name: str, requirement: str) -> float:
         return float(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name} must be {requirement}, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a Python int beyond float's range
+        raise ValueError(f"{name} must be {requirement}, got {value!r}") from None
 
 
 def smoothing(label_smoothing: Any) -> float:
