@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import numpy as np
-
-from . import _core
+from . import _arguments, _core
 from ._functional import (
     cross_entropy,
     cross_entropy_grad,
@@ -49,11 +47,10 @@ def set_num_threads(n: int) -> None:
     """Sets the number of threads the kernels use, in calls from every Python thread: at least 1, and
     at most 1024 or the number of hardware threads, whichever is larger (``ValueError`` otherwise).
     Results do not depend on it. ``n`` must be an integer (``TypeError`` otherwise)."""
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"the number of threads must be an integer, got {n!r}")
+    count = _arguments.integer(n, "the number of threads")
     # A Python int beyond int64 is out of range like any count too large: bounded here, so that the
     # core's range check (ValueError) answers for it rather than the binding's conversion.
-    _core.set_num_threads(max(-(2**62), min(int(n), 2**62)))
+    _core.set_num_threads(max(-(2**62), min(count, 2**62)))
 
 
 def get_num_threads() -> int:

@@ -133,18 +133,24 @@ def core_array(array: Optional[np.ndarray]) -> Optional[np.ndarray]:
     return array.view(_UINT16)
 
 
+def integer(value: Any, name: str, error: type = TypeError) -> int:
+    """``value`` as an int: a Python or NumPy integer (anything with ``__index__``), but not a bool;
+    otherwise ``error`` saying that ``name`` must be an integer."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise error(f"{name} must be an integer, got {value!r}")
+
+
 def class_axis(ndim: int, axis: Any, pytorch_default: bool) -> int:
     """The class axis in [0, ndim). ``None`` means PyTorch's convention when ``pytorch_default``."""
     if axis is None:
         if not pytorch_default:
             raise ValueError("axis must be an integer, got None")
         return 0 if ndim == 1 else 1
-    if isinstance(axis, (bool, np.bool_)):
-        raise ValueError(f"axis must be an integer, got {axis!r}")
-    try:
-        index = operator.index(axis)
-    except TypeError:
-        raise ValueError(f"axis must be an integer, got {axis!r}") from None
+    index = integer(axis, "axis", ValueError)
     if not -ndim <= index < ndim:
         raise ValueError(f"axis {index} is out of bounds for an array of dimension {ndim}")
     return index % ndim
@@ -218,14 +224,13 @@ def reduction_code(reduction: Any) -> int:
 def _option_number(value: Any, name: str, requirement: str) -> float:
     """A numeric option as a float: a Python or NumPy int or float, or a 0-d real array (not a bool, a
     string or a sequence, which raise ``ValueError`` saying what ``name`` must be)."""
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
-        return float(value)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be {requirement}, got {value!r}")
-    try:
-        return float(value)
-    except OverflowError:  # a Python int beyond float's range
-        raise ValueError(f"{name} must be {requirement}, got {value!r}") from None
+    number = value[()] if isinstance(value, np.ndarray) and value.ndim == 0 else value
+    if not isinstance(number, (bool, np.bool_)) and isinstance(number, (int, float, np.integer, np.floating)):
+        try:
+            return float(number)
+        except OverflowError:  # a Python int beyond float's range
+            pass
+    raise ValueError(f"{name} must be {requirement}, got {value!r}")
 
 
 def smoothing(label_smoothing: Any) -> float:
@@ -253,12 +258,7 @@ def softcap(value: Any) -> float:
 
 
 def ignore(ignore_index: Any) -> int:
-    if isinstance(ignore_index, (bool, np.bool_)):
-        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
-    try:
-        value = operator.index(ignore_index)
-    except TypeError:
-        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
+    value = integer(ignore_index, "ignore_index")
     if not -(2**63) <= value < 2**63:
         raise ValueError(f"ignore_index must fit in int64, got {value}")
     return value
