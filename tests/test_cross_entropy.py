@@ -18,6 +18,7 @@ from cases import (
     REDUCTIONS,
     Layout,
     Options,
+    assert_close,
     assert_loss_close,
     count_rows,
     loss_kwargs,
@@ -442,6 +443,48 @@ def test_tiles_copied_along_an_inner_axis_give_the_bits_of_tiles_read_in_place(r
     if options != "z_loss":  # the reference has no z-loss (test_z_loss.py checks it)
         kwargs["axis"] = -1
         check_loss(rows, row_targets, "none", int(finite.sum()), weight=weight, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("options", ["plain", "ignore", "weight", "smoothing", "probability"])
+def test_a_streamed_gradient_gives_the_bits_of_ordinary_stores(rng, options, dtype):
+    """A gradient of 16 MiB or more whose tiles along an inner axis are copied is written by streaming
+    stores, where its rows lie on 64-byte lines: the library's own result, or an aligned out= array.
+    Into an out= array off a line, the same call stores as usual: the same bits either way, and the
+    loss class's backward gives them too; the values match the reference."""
+    itemsize = np.dtype(dtype).itemsize
+    batch = (16 << 20) // (21 * 4096) + 1  # classes 4096 bytes apart: copied tiles
+    inner = 4096 // itemsize
+    x = make_logits(rng, (batch, 21, inner), dtype)
+    kwargs = {"axis": 1}
+    if options == "probability":
+        target = make_probability_target(rng, Layout(x.shape, 1), dtype)
+    else:
+        target = rng.integers(0, 21, (batch, inner))
+    if options == "ignore":
+        target[rng.random(target.shape) < 0.2] = 0
+        kwargs["ignore_index"] = 0
+    elif options == "weight":
+        kwargs["weight"] = rng.uniform(0.25, 2.0, 21).astype(dtype)
+    elif options == "smoothing":
+        kwargs["label_smoothing"] = 0.1
+    loss, grad = fx.cross_entropy_with_grad(x, target, **kwargs)
+    assert grad.nbytes >= fx._core.OWN_RESULT_BYTES and grad.ctypes.data % 64 == 0
+    padded = np.empty(x.size * itemsize + 64, np.uint8)
+    start = -padded.ctypes.data % 64
+    for offset in (start, start + 16):  # on a line (streamed), and off one (ordinary stores)
+        out = padded[offset : offset + x.size * itemsize].view(dtype).reshape(x.shape)
+        out[...] = np.nan
+        loss_out, grad_out = fx.cross_entropy_with_grad(x, target, out=out, **kwargs)
+        assert grad_out is out
+        np.testing.assert_array_equal(loss_out, loss)
+        np.testing.assert_array_equal(grad_out, grad)
+    weight = kwargs.pop("weight", None)
+    criterion = fx.CrossEntropyLoss(weight, **kwargs)
+    np.testing.assert_array_equal(criterion(x, target), loss)
+    np.testing.assert_array_equal(criterion.backward(), grad)
+    expected = ref.cross_entropy_grad(x.astype(np.float64), target, weight, **kwargs)
+    assert_close(grad, expected, dtype)
 
 
 @pytest.mark.parametrize("classes", [3, 10, 32])

@@ -168,3 +168,21 @@ def test_threads_each_get_their_own_result(big):
     for thread in threads:
         thread.join()
     assert not failures
+
+
+def test_results_from_16_mib_are_on_a_line_and_freed_not_kept():
+    """Results of OWN_RESULT_BYTES (16 MiB) up to KEPT_RESULT_BYTES come from the library too, on a
+    64-byte line (for the kernels' streaming stores), and are freed with their last array."""
+    own = fx._core.OWN_RESULT_BYTES
+    assert own == 16 << 20 and own < KEPT
+    rows = own // (4 * CLASSES) + 1  # just over 16 MiB of float32
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((rows, CLASSES)).astype(np.float32)
+    target = rng.integers(0, CLASSES, rows)
+    grad = fx.cross_entropy_grad(x, target)
+    assert address(grad) % 64 == 0 and grad.base is not None
+    assert_close(grad, ref.cross_entropy_grad(x.astype(np.float64), target), np.float32)
+    del grad
+    assert fx.release_memory() == 0  # nothing was kept
+    small = fx.log_softmax(x[: rows // 2])
+    assert small.base is None  # NumPy's own below 16 MiB

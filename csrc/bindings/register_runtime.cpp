@@ -50,6 +50,7 @@ void register_runtime(py::module_& module) {
     module.attr("TILE_CLASSES") = py::int_(kTileClasses);
     // Large results (result_memory.h): an uninitialised C-contiguous array, and the kept block.
     module.attr("KEPT_RESULT_BYTES") = py::int_(kKeptResultBytes);
+    module.attr("OWN_RESULT_BYTES") = py::int_(kOwnResultBytes);
     module.def(
         "empty",
         [](const std::vector<py::ssize_t>& shape, const py::dtype& dtype) { return new_result(dtype, shape); },

@@ -19,9 +19,12 @@ namespace fastxent::bindings {
 namespace {
 
 struct Block {
-    void* data = nullptr;
+    void* data = nullptr;  // on a 64-byte line, inside `base`
+    void* base = nullptr;  // from malloc
     std::size_t bytes = 0;
 };
+
+constexpr std::size_t kLine = 64;
 
 // The kept block. Results are created and freed with the GIL held, but the lock keeps this correct
 // without one (free-threaded builds).
@@ -35,7 +38,7 @@ std::size_t replace_kept(Block next) {
         const std::lock_guard<std::mutex> lock(kept_mutex);
         older = std::exchange(kept, next);
     }
-    std::free(older.data);
+    std::free(older.base);
     return older.bytes;
 }
 
@@ -49,23 +52,34 @@ void advise(void* data, std::size_t bytes, int advice) {
 }
 #endif
 
-// A block of at least `bytes`: the kept one when it fits (and is at most twice as large), else fresh.
+// A block of at least `bytes`: for kKeptResultBytes or more, the kept one when it fits (and is at
+// most twice as large); else a fresh one.
 Block take_block(std::size_t bytes) {
     {
         const std::lock_guard<std::mutex> lock(kept_mutex);
-        if (kept.data != nullptr && kept.bytes >= bytes && kept.bytes / 2 <= bytes) return std::exchange(kept, Block{});
+        if (bytes >= kKeptResultBytes && kept.data != nullptr && kept.bytes >= bytes && kept.bytes / 2 <= bytes) {
+            return std::exchange(kept, Block{});
+        }
     }
-    Block fresh{std::malloc(bytes), bytes};
-    if (fresh.data == nullptr) throw std::bad_alloc();
+    void* base = bytes > SIZE_MAX - kLine ? nullptr : std::malloc(bytes + kLine);
+    if (base == nullptr) throw std::bad_alloc();
+    const auto address = reinterpret_cast<std::uintptr_t>(base);
+    Block fresh{reinterpret_cast<void*>((address + kLine - 1) / kLine * kLine), base, bytes};
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     advise(fresh.data, bytes, MADV_HUGEPAGE);  // as NumPy does for its large arrays
 #endif
     return fresh;
 }
 
-// The capsule destructor of a result's memory: keeps the block, freeing the one kept before.
+// The capsule destructor of a result's memory: keeps a block of kKeptResultBytes or more, freeing
+// the one kept before; frees a smaller one.
 void keep_block(void* pointer) {
     Block* block = static_cast<Block*>(pointer);
+    if (block->bytes < kKeptResultBytes) {
+        std::free(block->base);
+        delete block;
+        return;
+    }
 #if defined(__linux__) && defined(MADV_FREE)
     advise(block->data, block->bytes, MADV_FREE);
 #endif
@@ -78,7 +92,7 @@ void keep_block(void* pointer) {
 py::array new_result(const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
     std::size_t bytes = static_cast<std::size_t>(dtype.itemsize());
     for (const py::ssize_t extent : shape) bytes *= static_cast<std::size_t>(extent);
-    if (bytes < kKeptResultBytes) return py::array(dtype, shape);
+    if (bytes < kOwnResultBytes) return py::array(dtype, shape);
     Block* block = new Block(take_block(bytes));
     py::capsule owner;
     try {

@@ -18,15 +18,22 @@
 #include <cstddef>
 #include <vector>
 
+#include "core/kernels.h"
+
 namespace fastxent::bindings {
 
 namespace py = pybind11;
 
-// Results at least this large use the kept block (see the Note above); smaller ones come from NumPy.
+// Results at least this large use the kept block (see the Note above).
 constexpr std::size_t kKeptResultBytes = std::size_t{32} << 20;
+// Results at least this large (kStreamResultBytes, kernels.h) are allocated here, on a 64-byte line,
+// so that the kernels may write them by streaming stores (see the Note on streaming stores,
+// stream.h); those below kKeptResultBytes are freed with their last array. Smaller ones come from
+// NumPy.
+constexpr std::size_t kOwnResultBytes = static_cast<std::size_t>(kStreamResultBytes);
 
-// A new uninitialised C-contiguous array of `dtype` and `shape`: in kept or fresh memory when it
-// holds kKeptResultBytes or more, else NumPy's own.
+// A new uninitialised C-contiguous array of `dtype` and `shape`, on a 64-byte line: in kept or fresh
+// memory when it holds kOwnResultBytes or more, else NumPy's own.
 py::array new_result(const py::dtype& dtype, const std::vector<py::ssize_t>& shape);
 
 // A new result of `dtype`, a 16-bit float dtype of format `half` (0 float16, 1 bfloat16), holding

@@ -19,6 +19,11 @@ constexpr std::int64_t kSmallClasses = 32;
 constexpr std::int64_t kTileClasses = 64;
 // Lanes of a column tile (a multiple of every vector width).
 constexpr std::int64_t kTileLanes = 128;
+// Results of at least this many bytes are written by streaming stores where the kernels can (see the
+// Note on streaming stores, stream.h), and the library allocates its own such results on 64-byte
+// lines (result_memory.h): about half the last-level cache of the 2-core machine of the README's
+// figures, above which a result is unlikely to be still in cache when it is read.
+constexpr std::int64_t kStreamResultBytes = std::int64_t{16} << 20;
 
 struct ClassAxisView {
     std::int64_t outer = 1;

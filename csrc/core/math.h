@@ -38,6 +38,13 @@
 #else
 #define FASTXENT_MATH inline
 #endif
+// The same for a lambda, written after its parameter list; GCC left one loss_tile's gradient loop,
+// in a lambda it kept out of line, scalar.
+#if defined(__GNUC__) || defined(__clang__)
+#define FASTXENT_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define FASTXENT_INLINE_LAMBDA
+#endif
 
 namespace fastxent {
 namespace {

@@ -373,12 +373,13 @@ def grad_rows(grad_output: Any, code: int, row_shape: Tuple[int, ...], dtype: np
 
 
 def new_result(shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised C-contiguous result array; one of ``_core.KEPT_RESULT_BYTES`` or more comes
-    from ``_core.empty``, which reuses the memory of the last such result freed (result_memory.h)."""
+    """An uninitialised C-contiguous result array; one of ``_core.OWN_RESULT_BYTES`` or more comes
+    from ``_core.empty``: on a 64-byte line (for the kernels' streaming stores), and from
+    ``_core.KEPT_RESULT_BYTES`` up in the memory of the last such result freed (result_memory.h)."""
     nbytes = dtype.itemsize
     for extent in shape:
         nbytes *= extent
-    return _core.empty(shape, dtype) if nbytes >= _core.KEPT_RESULT_BYTES else np.empty(shape, dtype)
+    return _core.empty(shape, dtype) if nbytes >= _core.OWN_RESULT_BYTES else np.empty(shape, dtype)
 
 
 # The largest finite float16, the narrowest result dtype: a value within it fits every result dtype.
