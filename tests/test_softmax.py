@@ -340,3 +340,33 @@ def test_whole_rows_take_their_logs_together(rng, rows, classes, dtype):
         in_place = x.copy()
         getattr(fx, function)(in_place, out=in_place)
         np.testing.assert_array_equal(in_place, got)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("classes", [2048, 3001])
+def test_a_streamed_log_softmax_gives_the_bits_of_ordinary_stores(rng, classes, dtype):
+    """A log_softmax of 16 MiB or more with rows of 1024 classes or more is written by streaming
+    stores (whole 64-byte lines; the first and last elements of a row as usual): the same bits as the
+    same rows computed with ordinary stores (a call under 16 MiB), into a fresh result, an out= array
+    on a line or off one, or the logits themselves; the values match the reference."""
+    rows = (16 << 20) // (classes * np.dtype(dtype).itemsize) + 3
+    x = make_logits(rng, (rows, classes), dtype)
+    x[1, 5] = np.inf
+    x[2, 7] = np.nan
+    x[3] = -np.inf
+    got = fx.log_softmax(x)
+    assert got.nbytes >= fx._core.OWN_RESULT_BYTES
+    np.testing.assert_array_equal(got[:64], fx.log_softmax(x[:64]))  # under 16 MiB: not streamed
+    np.testing.assert_array_equal(got[-64:], fx.log_softmax(x[-64:]))
+    itemsize = np.dtype(dtype).itemsize
+    padded = np.empty(x.size * itemsize + 64, np.uint8)
+    start = -padded.ctypes.data % 64
+    for offset in (start, start + itemsize):
+        out = padded[offset : offset + x.size * itemsize].view(dtype).reshape(x.shape)
+        assert fx.log_softmax(x, out=out) is out
+        np.testing.assert_array_equal(out, got)
+    in_place = x.copy()
+    fx.log_softmax(in_place, out=in_place)
+    np.testing.assert_array_equal(in_place, got)
+    finite = np.isfinite(x).all(axis=1)
+    assert_close(got[finite][::37], ref.log_softmax(x[finite][::37].astype(np.float64), axis=-1), dtype)

@@ -6,15 +6,41 @@
 #include "parallel.h"
 #include "row_engine.h"
 #include "staging.h"
+#include "stream.h"
 
 namespace fastxent {
 namespace FASTXENT_ISA {
 namespace {
 
-// One contiguous row: statistics, then the output row `out` (which may be `x`), or its logsumexp.
-// `next`: the next row, prefetched (see row_engine.h), or null.
+// write_log_softmax into a large output (see the Note on streaming stores, stream.h): a block of
+// the row at a time into a buffer in cache, and from there its whole 64-byte lines by streaming
+// stores; the elements before the row's first line boundary and after its last are stored as usual.
+// The same values as write_log_softmax's. out may be x (each block is read before it is written).
 template <typename T>
-void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row, T* out, NextRow next = {}) {
+void stream_log_softmax(const T* x, T* out, std::int64_t n, const RowStats& stats) {
+    constexpr std::int64_t kBlock = 1024 / static_cast<std::int64_t>(sizeof(T)) * 4;  // 4 KiB
+    constexpr std::int64_t per_line = kLineBytes / static_cast<std::int64_t>(sizeof(T));
+    const std::int64_t head = line_head(out, n);
+    write_log_softmax(x, out, head, stats);
+    T buffer[kBlock];
+    std::int64_t i = head;
+    while (n - i >= per_line) {
+        const std::int64_t rest = (n - i) / per_line * per_line;
+        const std::int64_t count = rest < kBlock ? rest : kBlock;
+        write_log_softmax(x + i, buffer, count, stats);
+        stream_store(out + i, buffer, count);
+        i += count;
+    }
+    write_log_softmax(x + i, out + i, n - i, stats);
+    stream_fence();
+}
+
+// One contiguous row: statistics, then the output row `out` (which may be `x`), or its logsumexp.
+// `next`: the next row, prefetched (see row_engine.h), or null. `stream`: the output is large, and
+// log_softmax writes it by streaming stores (stream_log_softmax).
+template <typename T>
+void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row, T* out, NextRow next = {},
+                 bool stream = false) {
     const std::int64_t classes = problem.view.classes;
     if (problem.op == SoftmaxOp::softmax) {
         // The exponentials are written once, while they are summed, then scaled in place (see the
@@ -25,7 +51,9 @@ void softmax_row(const SoftmaxProblem<T>& problem, const T* x, std::int64_t row,
         return;
     }
     const RowStats stats = row_stats(x, classes, next);
-    if (problem.op == SoftmaxOp::log_softmax) {
+    if (problem.op == SoftmaxOp::log_softmax && stream) {
+        stream_log_softmax(x, out, classes, stats);
+    } else if (problem.op == SoftmaxOp::log_softmax) {
         write_log_softmax(x, out, classes, stats);
     } else {
         problem.output[row] = static_cast<T>(logsumexp_from_stats(stats, x, 1, classes));
@@ -369,6 +397,10 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
     const std::int64_t per_thread = staged ? staging_size(view, false) : 0;
     const bool binary = binary_log_softmax(problem);
     const bool logs_together = std::is_same_v<T, float> && classes <= kLogRowsClasses;
+    // Whole rows of a large log_softmax are streamed (see the Note on streaming stores, stream.h);
+    // rows of a few lines are not (a row's first and last lines are stored as usual).
+    const bool stream = problem.op == SoftmaxOp::log_softmax && !staged && classes >= kStreamRowElements &&
+                        view.size() * static_cast<std::int64_t>(sizeof(T)) >= kStreamResultBytes;
 
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (std::int64_t item = 0; item < plan.items; ++item) {
@@ -387,7 +419,7 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
         } else if (plan.strategy == Strategy::rows) {
             for (std::int64_t row = range.first; row < range.last; ++row) {
                 softmax_row(problem, problem.input + view.row_offset(row), row,
-                            reduces ? nullptr : problem.output + row * classes, next_row(logits, view, row));
+                            reduces ? nullptr : problem.output + row * classes, next_row(logits, view, row), stream);
             }
         } else if (plan.strategy == Strategy::columns) {
             const std::int64_t outer = range.outer;
