@@ -50,6 +50,24 @@ inline bool streams_whole_lines(const T* dst, std::int64_t n, std::int64_t strid
            (stride * bytes) % kLineBytes == 0;
 }
 
+#if defined(FASTXENT_STREAMING_STORES)
+// The 64 bytes at src into the line at dst (on a 64-byte line) by streaming stores, as bits.
+inline void stream_line(void* dst, const void* src) {
+#if defined(__AVX512F__)
+    _mm512_stream_si512(static_cast<__m512i*>(dst), _mm512_loadu_si512(src));
+#elif defined(__AVX__)
+    __m256i* to = static_cast<__m256i*>(dst);
+    const __m256i* from = static_cast<const __m256i*>(src);
+    _mm256_stream_si256(to, _mm256_loadu_si256(from));
+    _mm256_stream_si256(to + 1, _mm256_loadu_si256(from + 1));
+#else
+    __m128i* to = static_cast<__m128i*>(dst);
+    const __m128i* from = static_cast<const __m128i*>(src);
+    for (int q = 0; q < 4; ++q) _mm_stream_si128(to + q, _mm_loadu_si128(from + q));
+#endif
+}
+#endif
+
 // dst[0..n) = src[0..n), by streaming stores where there are any: dst on a 64-byte line and n a whole
 // number of lines (streams_whole_lines), else by ordinary ones.
 template <typename T>
@@ -58,27 +76,7 @@ inline void stream_store(T* dst, const T* src, std::int64_t n) {
 #if defined(FASTXENT_STREAMING_STORES)
     constexpr std::int64_t per_line = kLineBytes / static_cast<std::int64_t>(sizeof(T));
     if (streams_whole_lines(dst, n, 0)) {
-        for (std::int64_t i = 0; i < n; i += per_line) {
-            if constexpr (std::is_same_v<T, float>) {
-#if defined(__AVX512F__)
-                _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
-#elif defined(__AVX__)
-                _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
-                _mm256_stream_ps(dst + i + 8, _mm256_loadu_ps(src + i + 8));
-#else
-                for (int q = 0; q < 4; ++q) _mm_stream_ps(dst + i + 4 * q, _mm_loadu_ps(src + i + 4 * q));
-#endif
-            } else {
-#if defined(__AVX512F__)
-                _mm512_stream_pd(dst + i, _mm512_loadu_pd(src + i));
-#elif defined(__AVX__)
-                _mm256_stream_pd(dst + i, _mm256_loadu_pd(src + i));
-                _mm256_stream_pd(dst + i + 4, _mm256_loadu_pd(src + i + 4));
-#else
-                for (int q = 0; q < 4; ++q) _mm_stream_pd(dst + i + 2 * q, _mm_loadu_pd(src + i + 2 * q));
-#endif
-            }
-        }
+        for (std::int64_t i = 0; i < n; i += per_line) stream_line(dst + i, src + i);
         return;
     }
 #endif
