@@ -502,8 +502,9 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
     // transposed rows (the class axis last, small_rows): a tile along an inner axis (columns), read
     // in place, has its classes a whole inner extent apart, and there the stored terms, written among
     // loads that far apart, contend with them for the same cache sets (measured: 15% slower on
-    // 16x21x128x128 than computing the exponentials twice). The choice depends on the layout alone,
-    // not on staging, so that 16-bit logits give the gradient of their float32 copy.
+    // 16x21x128x128 than computing the exponentials twice); a copied tile stores them in its own
+    // copy instead (see the Note on a copied tile's gradient below). The choice depends on the
+    // layout alone, not on staging, so that 16-bit logits give the gradient of their float32 copy.
     const bool stats_here = p.saved_stats == nullptr;
     const bool transposed = p.view.inner == 1;
     const bool exps_in_grad = stats_here && grad != nullptr && transposed;
