@@ -370,3 +370,24 @@ def test_a_streamed_log_softmax_gives_the_bits_of_ordinary_stores(rng, classes, 
     np.testing.assert_array_equal(in_place, got)
     finite = np.isfinite(x).all(axis=1)
     assert_close(got[finite][::37], ref.log_softmax(x[finite][::37].astype(np.float64), axis=-1), dtype)
+
+
+@pytest.mark.parametrize("classes", [33, 50, 64])
+def test_streamed_tiles_give_the_bits_of_ordinary_stores(rng, classes):
+    """Rows of 33 to 64 float32 classes (transposed tiles) whose result is 16 MiB or more are written
+    by streaming stores; the same rows in a smaller call, written as usual, give the same bits: the
+    gradient, softmax and log_softmax, into a fresh result or an out= array off a 64-byte line."""
+    rows = (16 << 20) // (classes * 4) + 200
+    x = make_logits(rng, (rows, classes), np.float32)
+    target = rng.integers(0, classes, rows)
+    target[::7] = -100
+    part = slice(rows - 1000, rows)
+    for function in (fx.log_softmax, fx.softmax):
+        got = function(x)
+        np.testing.assert_array_equal(got[part], function(x[part]))
+        out = np.empty(x.size + 1, np.float32)[1:].reshape(x.shape)
+        np.testing.assert_array_equal(function(x, out=out), got)
+    grad = fx.cross_entropy_grad(x, target, reduction="sum")
+    np.testing.assert_array_equal(grad[part], fx.cross_entropy_grad(x[part], target[part], reduction="sum"))
+    assert_close(grad[part], ref.cross_entropy_grad(x[part].astype(np.float64), target[part], reduction="sum"),
+                 np.float32)

@@ -705,7 +705,6 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             }
             if (streamed) stream_store(out_row, row_buffer, lanes);
         }
-        if (streamed) stream_fence();
     };
     if (exps_in_grad || exps_in_copy) {
         const T* terms = exps_in_grad ? grad : copy;
@@ -1271,12 +1270,18 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
     const int threads = staged_threads(plan.items, view.size(), staged, problem.staging_threads);
     const std::int64_t per_thread = staged ? staging_size(view, capped) : 0;
     const bool in_place = reads_in_place(ctx);
+    // A large gradient of transposed tiles is streamed (see the Note on streaming stores, stream.h).
+    const bool stream_tiles = problem.grad != nullptr && streams_tiles<T>(view);
     const bool binary = in_place && binary_rows(ctx);
     const bool few_classes = in_place && few_class_rows(ctx);
     const bool plain_rows = plain_whole_rows(ctx);
     const bool grouped = grouped_rows(ctx);
 
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    // Each thread's streaming stores are fenced once, after its last item (see the Note on streaming
+    // stores, stream.h).
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#pragma omp for schedule(static)
     for (std::int64_t item = 0; item < plan.items; ++item) {
         double item_sum = 0.0;
         const ItemRows range = item_rows(plan, view, item);
@@ -1335,12 +1340,16 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             item_sum = loss_tile(ctx, tile_in, kTileLanes, tile_target, kTileLanes,
                                  problem.grad == nullptr ? nullptr : tile_grad, kTileLanes, first, lanes,
                                  next_tile(problem.input, plan, view, item), check);
-            if (problem.grad != nullptr) {
+            if (problem.grad != nullptr && stream_tiles) {
+                stream_from_tile(tile_grad, classes, lanes, problem.grad + first * classes, tile_in);
+            } else if (problem.grad != nullptr) {
                 transpose_from_tile(tile_grad, classes, lanes, problem.grad + first * classes,
                                     next_tile_rows(problem.grad, first, classes, view.rows()));
             }
         }
         if (problem.partial_sums != nullptr) problem.partial_sums[item] = item_sum;
+    }
+    stream_fence();
     }
 }
 

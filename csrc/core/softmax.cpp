@@ -32,7 +32,6 @@ void stream_log_softmax(const T* x, T* out, std::int64_t n, const RowStats& stat
         i += count;
     }
     write_log_softmax(x + i, out + i, n - i, stats);
-    stream_fence();
 }
 
 // One contiguous row: statistics, then the output row `out` (which may be `x`), or its logsumexp.
@@ -401,8 +400,14 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
     // rows of a few lines are not (a row's first and last lines are stored as usual).
     const bool stream = problem.op == SoftmaxOp::log_softmax && !staged && classes >= kStreamRowElements &&
                         view.size() * static_cast<std::int64_t>(sizeof(T)) >= kStreamResultBytes;
+    // So is the large output of transposed tiles.
+    const bool stream_tiles = !reduces && streams_tiles<T>(view);
 
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    // Each thread's streaming stores are fenced once, after its last item (see the Note on streaming
+    // stores, stream.h).
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#pragma omp for schedule(static)
     for (std::int64_t item = 0; item < plan.items; ++item) {
         const ItemRows range = item_rows(plan, view, item);
         if (staged) {
@@ -448,10 +453,16 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
                 softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, problem.output + first, 0, true, prefetch);
             } else {
                 softmax_tile(problem.op, tile_in, kTileLanes, classes, lanes, tile_out, kTileLanes, true, prefetch);
-                transpose_from_tile(tile_out, classes, lanes, problem.output + first * classes,
-                                    next_tile_rows(problem.output, first, classes, view.rows()));
+                if (stream_tiles) {
+                    stream_from_tile(tile_out, classes, lanes, problem.output + first * classes, tile_in);
+                } else {
+                    transpose_from_tile(tile_out, classes, lanes, problem.output + first * classes,
+                                        next_tile_rows(problem.output, first, classes, view.rows()));
+                }
             }
         }
+    }
+    stream_fence();
     }
 }
 
