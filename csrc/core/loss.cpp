@@ -1349,7 +1349,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
         }
         if (problem.partial_sums != nullptr) problem.partial_sums[item] = item_sum;
     }
-    stream_fence();
+    if (ctx.stream_grad || stream_tiles) stream_fence();
     }
 }
 

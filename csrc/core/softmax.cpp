@@ -462,7 +462,7 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
             }
         }
     }
-    stream_fence();
+    if (stream || stream_tiles) stream_fence();
     }
 }
 
