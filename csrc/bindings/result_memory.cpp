@@ -24,8 +24,6 @@ struct Block {
     std::size_t bytes = 0;
 };
 
-constexpr std::size_t kLine = 64;
-
 // The kept block. Results are created and freed with the GIL held, but the lock keeps this correct
 // without one (free-threaded builds).
 std::mutex kept_mutex;
@@ -61,10 +59,11 @@ Block take_block(std::size_t bytes) {
             return std::exchange(kept, Block{});
         }
     }
-    void* base = bytes > SIZE_MAX - kLine ? nullptr : std::malloc(bytes + kLine);
+    constexpr auto line = static_cast<std::size_t>(kLineBytes);
+    void* base = bytes > SIZE_MAX - line ? nullptr : std::malloc(bytes + line);
     if (base == nullptr) throw std::bad_alloc();
     const auto address = reinterpret_cast<std::uintptr_t>(base);
-    Block fresh{reinterpret_cast<void*>((address + kLine - 1) / kLine * kLine), base, bytes};
+    Block fresh{reinterpret_cast<void*>((address + line - 1) / line * line), base, bytes};
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     advise(fresh.data, bytes, MADV_HUGEPAGE);  // as NumPy does for its large arrays
 #endif

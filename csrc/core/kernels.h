@@ -24,6 +24,8 @@ constexpr std::int64_t kTileLanes = 128;
 // lines (result_memory.h): about half the last-level cache of the 2-core machine of the README's
 // figures, above which a result is unlikely to be still in cache when it is read.
 constexpr std::int64_t kStreamResultBytes = std::int64_t{16} << 20;
+// The cache line those results start on, and that streaming stores write whole.
+constexpr std::int64_t kLineBytes = 64;
 
 struct ClassAxisView {
     std::int64_t outer = 1;

@@ -50,8 +50,7 @@ struct LossContext {
                       false},
           logits{p.input, p.input_half, p.half_format, p.softcap},
           grad{p.grad, p.grad_half, p.half_format},
-          stream_grad(p.grad != nullptr && p.view.inner > 1 &&
-                      p.view.size() * static_cast<std::int64_t>(sizeof(T)) >= kStreamResultBytes) {
+          stream_grad(p.grad != nullptr && p.view.inner > 1 && large_result<T>(p.view)) {
         if (p.weight != nullptr) {
             weight_total = 0.0;
             for (std::int64_t c = 0; c < classes; ++c) {
@@ -1340,7 +1339,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             item_sum = loss_tile(ctx, tile_in, kTileLanes, tile_target, kTileLanes,
                                  problem.grad == nullptr ? nullptr : tile_grad, kTileLanes, first, lanes,
                                  next_tile(problem.input, plan, view, item), check);
-            if (problem.grad != nullptr && stream_tiles) {
+            if (stream_tiles) {
                 stream_from_tile(tile_grad, classes, lanes, problem.grad + first * classes, tile_in);
             } else if (problem.grad != nullptr) {
                 transpose_from_tile(tile_grad, classes, lanes, problem.grad + first * classes,

@@ -398,8 +398,8 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
     const bool logs_together = std::is_same_v<T, float> && classes <= kLogRowsClasses;
     // Whole rows of a large log_softmax are streamed (see the Note on streaming stores, stream.h);
     // rows of a few lines are not (a row's first and last lines are stored as usual).
-    const bool stream = problem.op == SoftmaxOp::log_softmax && !staged && classes >= kStreamRowElements &&
-                        view.size() * static_cast<std::int64_t>(sizeof(T)) >= kStreamResultBytes;
+    const bool stream =
+        problem.op == SoftmaxOp::log_softmax && !staged && classes >= kStreamRowElements && large_result<T>(view);
     // So is the large output of transposed tiles.
     const bool stream_tiles = !reduces && streams_tiles<T>(view);
 

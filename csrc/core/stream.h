@@ -47,7 +47,6 @@
 namespace fastxent {
 namespace {
 
-constexpr std::int64_t kLineBytes = 64;
 // Rows of at least this many elements are streamed whole, their first and last lines aside.
 constexpr std::int64_t kStreamRowElements = 1024;
 
@@ -122,11 +121,18 @@ inline void stream_span(T* dst, const T* src, std::int64_t n) {
     for (std::int64_t i = head + lines; i < n; ++i) dst[i] = src[i];
 }
 
+// Whether a result of the view's size (T elements) is large enough to be streamed where the kernels
+// can (kStreamResultBytes).
+template <typename T>
+bool large_result(const ClassAxisView& view) {
+    return view.size() * static_cast<std::int64_t>(sizeof(T)) >= kStreamResultBytes;
+}
+
 // Whether the result of a view's transposed tiles (small_rows), if it has one, is streamed: a large
 // one of more than kSmallClasses classes (stream_from_tile).
 template <typename T>
 bool streams_tiles(const ClassAxisView& view) {
-    return view.classes > kSmallClasses && view.size() * static_cast<std::int64_t>(sizeof(T)) >= kStreamResultBytes;
+    return view.classes > kSmallClasses && large_result<T>(view);
 }
 
 // transpose_from_tile into a large result: the tile's rows, contiguous there, made in `block`
