@@ -242,6 +242,46 @@ def test_float16_is_as_close_as_torch_in_float32(rng, reduction):
     assert_close(grad, expected_grad, np.float16)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize(
+    "shape,axis",
+    [((3, 5), 1), ((300, 5), 1), ((3, 1000), 1), ((2, 300000), 1), ((4, 5, 7), 1), ((4, 5, 4096), 1), ((0, 5), 1),
+     ((3, 0), 1), ((6, 20), 0)],
+)
+def test_a_zero_loss_of_probability_targets_has_torchs_sign(shape, axis, weighted, dtype):
+    """PyTorch's loss of probability targets is a negated sum, so that each zero it gives is -0 (row
+    losses, sums and means alike): all-zero targets, and one-hot targets whose class holds all the
+    probability (a log-probability of exactly 0). Rows, tiles, split rows and inner axes alike."""
+    for one_hot in (False, True):
+        x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+        target = np.zeros(shape, dtype)
+        if one_hot and 0 not in shape:
+            first = (slice(None),) * axis + (0,)
+            x[first] = 100
+            target[first] = 1
+        moved_x = torch.from_numpy(np.moveaxis(x, axis, 1).astype(np.float32 if dtype == np.float16 else dtype))
+        moved_target = torch.from_numpy(np.moveaxis(target, axis, 1).astype(moved_x.numpy().dtype))
+        weight = np.linspace(0.5, 2.0, shape[axis]).astype(dtype) if weighted else None
+        torch_weight = None if weight is None else torch.from_numpy(weight.astype(moved_x.numpy().dtype))
+        for reduction in REDUCTIONS:
+            kwargs = dict(weight=weight, axis=axis, reduction=reduction)
+            want = torch.nn.functional.cross_entropy(moved_x, moved_target, torch_weight, reduction=reduction).numpy()
+            got = [
+                fx.cross_entropy(x, target, **kwargs),
+                fx.cross_entropy_with_grad(x, target, **kwargs)[0],
+                fx.CrossEntropyLoss(**{k: v for k, v in kwargs.items() if k != "reduction"}, reduction=reduction)(
+                    x, target
+                ),
+            ]
+            for value in got:
+                value = np.asarray(value)
+                assert np.all(value[~np.isnan(value)] == 0)
+                np.testing.assert_array_equal(value.astype(np.float64), want.astype(np.float64))
+                zero = want == 0
+                np.testing.assert_array_equal(np.signbit(value[zero]), np.signbit(want[zero]))
+
+
 # ---------------------------------------------------------------------------
 # where SPEC deliberately differs from PyTorch
 # ---------------------------------------------------------------------------

@@ -22,6 +22,15 @@ namespace FASTXENT_ISA {
 
 namespace {
 
+// Probability targets: the loss of a row, -(dot - total * log_sum) with dot = sum_c u_c (x_c - max)
+// and total = sum_c u_c. PyTorch's is -(sum_c u_c log p_c), a sum that starts at +0 and is then
+// negated, so that its zero is -0 whatever the terms; a zero is made -0 here alike, whichever
+// sign the arithmetic (or its contraction into an FMA) left.
+inline double probability_loss(double dot, double total, double log_sum) {
+    const double loss = -(dot - total * log_sum);
+    return loss == 0.0 ? -0.0 : loss;
+}
+
 // What every row of one call shares.
 template <typename T>
 struct LossContext {
@@ -200,7 +209,7 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
         double dot = 0.0;
         double total = 0.0;
         row_probability_sums(x, y, ctx.probability, classes, max, dot, total);
-        loss = -(dot - total * stats.log_sum);
+        loss = probability_loss(dot, total, stats.log_sum);
         if (grad != nullptr) {
             write_probability_grad(x, y, ctx.probability, grad, classes, stats,
                                    static_cast<T>(total + ctx.z_loss_a(stats)), static_cast<T>(scale));
@@ -593,7 +602,9 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             loss[l] = kept[l] != 0.0 ? value : 0.0;
         }
     } else {
-        for (std::int64_t l = 0; l < lanes; ++l) loss[l] = -(dot[l] - total[l] * tile.log_sum[l]);
+        for (std::int64_t l = 0; l < lanes; ++l) {
+            loss[l] = probability_loss(dot[l], total[l], tile.log_sum[l]);
+        }
     }
     const double loss_sum = ordered_sum(loss, lanes) + (logs_as_product ? kept_log_sum(tile.sum, kept, lanes) : 0.0);
     if (p.row_loss != nullptr) {
@@ -1124,7 +1135,7 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
                     const std::int64_t t = p.target_index[row];
                     loss = ctx.index_loss(stats[row], target_logit[row], ctx.class_weight(t), dot);
                 } else {
-                    loss = -(dot - total[row] * stats[row].log_sum);
+                    loss = probability_loss(dot, total[row], stats[row].log_sum);
                 }
             }
             if (p.row_loss != nullptr) p.row_loss[row] = static_cast<T>(loss);

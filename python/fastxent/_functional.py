@@ -173,7 +173,9 @@ def _loss(problem: _Problem, return_z_loss: bool = False, **run_options: Any) ->
     else:
         total, denominator = problem.run(want_sum=True, **run_options)
         z_total = float(np.sum(_z_rows(problem, stats))) if problem.z_loss != 0.0 else 0.0
-        loss = args.reduce(total + z_total, denominator, problem.reduction, problem.dtype)
+        # (without a z-loss the total as it is: a -0 sum of probability-target losses stays -0)
+        loss = args.reduce(total + z_total if problem.z_loss != 0.0 else total, denominator, problem.reduction,
+                           problem.dtype)
         z_part = args.reduce(z_total, denominator, problem.reduction, problem.dtype) if return_z_loss else None
     return (loss, z_part) if return_z_loss else loss
 
