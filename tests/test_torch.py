@@ -282,6 +282,34 @@ def test_a_zero_loss_of_probability_targets_has_torchs_sign(shape, axis, weighte
                 np.testing.assert_array_equal(np.signbit(value[zero]), np.signbit(want[zero]))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((3, 1), 1), ((3, 5), 1), ((3, 1000), 1), ((2, 300000), 1), ((4, 5, 7), 1)])
+def test_a_zero_smoothed_loss_of_class_indices_has_torchs_sign(shape, axis, dtype):
+    """With label smoothing, PyTorch's row loss adds -(sum_c w_c log p_c), a negated sum whose zero
+    is -0, to -w_t log p_t: rows whose class holds all the probability (a log-probability of exactly
+    0, and a single class) with class weights of 0 or 1 give -0, an ignored row +0."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    x[(slice(None),) * axis + (0,)] = 100
+    target = np.zeros(shape[:axis] + shape[axis + 1 :], np.int64)
+    target.reshape(-1)[-1] = -100
+    moved_x = torch.from_numpy(np.moveaxis(x, axis, 1).copy())
+    for weight in (np.zeros(shape[axis], dtype), np.ones(shape[axis], dtype)):
+        want = torch.nn.functional.cross_entropy(
+            moved_x, torch.from_numpy(target), torch.from_numpy(weight), reduction="none", label_smoothing=0.2
+        ).numpy()
+        kwargs = dict(weight=weight, axis=axis, reduction="none", label_smoothing=0.2)
+        for got in (
+            fx.cross_entropy(x, target, **kwargs),
+            fx.cross_entropy_with_grad(x, target, **kwargs)[0],
+            fx.CrossEntropyLoss(weight, axis=axis, reduction="none", label_smoothing=0.2)(x, target),
+        ):
+            zero = want == 0
+            assert zero.all() or shape[axis] > 1 and weight[0] == 1  # unit weights: sum_c x_c - max > 0
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+            np.testing.assert_array_equal(np.signbit(got[zero]), np.signbit(want[zero]))
+            assert np.signbit(got.reshape(-1)[:-1][zero.reshape(-1)[:-1]]).all() and not np.signbit(got.reshape(-1)[-1])
+
+
 # ---------------------------------------------------------------------------
 # where SPEC deliberately differs from PyTorch
 # ---------------------------------------------------------------------------

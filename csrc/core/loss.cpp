@@ -22,11 +22,12 @@ namespace FASTXENT_ISA {
 
 namespace {
 
-// Probability targets: the loss of a row, -(dot - total * log_sum) with dot = sum_c u_c (x_c - max)
-// and total = sum_c u_c. PyTorch's is -(sum_c u_c log p_c), a sum that starts at +0 and is then
-// negated, so that its zero is -0 whatever the terms; a zero is made -0 here alike, whichever
-// sign the arithmetic (or its contraction into an FMA) left.
-inline double probability_loss(double dot, double total, double log_sum) {
+// -(sum_c u_c log p_c) of a row, from dot = sum_c u_c (x_c - max), total = sum_c u_c and its log_sum:
+// the loss of probability targets (u_c their weighted probabilities), and the smoothing part of index
+// targets' (u_c the class weights). PyTorch's is a sum that starts at +0 and is then negated, so that
+// its zero is -0 whatever the terms; a zero is made -0 here alike, whichever sign the arithmetic (or
+// its contraction into an FMA) left.
+inline double negated_log_prob_sum(double dot, double total, double log_sum) {
     const double loss = -(dot - total * log_sum);
     return loss == 0.0 ? -0.0 : loss;
 }
@@ -86,7 +87,8 @@ struct LossContext {
         const double log_prob_t = (target_logit - stats.max) - stats.log_sum;
         double loss = (1.0 - smoothing) * (-weight_t * log_prob_t);
         if (smoothing > 0.0) {
-            loss += (smoothing / static_cast<double>(classes)) * -(weighted_sum - weight_total * stats.log_sum);
+            loss += (smoothing / static_cast<double>(classes)) *
+                    negated_log_prob_sum(weighted_sum, weight_total, stats.log_sum);
         }
         return loss;
     }
@@ -209,7 +211,7 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
         double dot = 0.0;
         double total = 0.0;
         row_probability_sums(x, y, ctx.probability, classes, max, dot, total);
-        loss = probability_loss(dot, total, stats.log_sum);
+        loss = negated_log_prob_sum(dot, total, stats.log_sum);
         if (grad != nullptr) {
             write_probability_grad(x, y, ctx.probability, grad, classes, stats,
                                    static_cast<T>(total + ctx.z_loss_a(stats)), static_cast<T>(scale));
@@ -598,12 +600,12 @@ double loss_tile(const LossContext<T>& ctx, const T* x, std::int64_t stride, con
             const double log_sum = tile.log_sum[l];
             const double log_prob_t = (target_logit[l] - static_cast<double>(tile.max[l])) - log_sum;
             double value = (1.0 - smoothing) * (-weight_t[l] * log_prob_t);
-            if (smoothed_loss) value += uniform * -(dot[l] - weight_total * log_sum);
+            if (smoothed_loss) value += uniform * negated_log_prob_sum(dot[l], weight_total, log_sum);
             loss[l] = kept[l] != 0.0 ? value : 0.0;
         }
     } else {
         for (std::int64_t l = 0; l < lanes; ++l) {
-            loss[l] = probability_loss(dot[l], total[l], tile.log_sum[l]);
+            loss[l] = negated_log_prob_sum(dot[l], total[l], tile.log_sum[l]);
         }
     }
     const double loss_sum = ordered_sum(loss, lanes) + (logs_as_product ? kept_log_sum(tile.sum, kept, lanes) : 0.0);
@@ -1135,7 +1137,7 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
                     const std::int64_t t = p.target_index[row];
                     loss = ctx.index_loss(stats[row], target_logit[row], ctx.class_weight(t), dot);
                 } else {
-                    loss = probability_loss(dot, total[row], stats[row].log_sum);
+                    loss = negated_log_prob_sum(dot, total[row], stats[row].log_sum);
                 }
             }
             if (p.row_loss != nullptr) p.row_loss[row] = static_cast<T>(loss);
