@@ -494,6 +494,23 @@ def memory_gib():
     return None
 
 
+def l3_cache_bytes():
+    """The size of the last-level (L3) cache from sysfs, or None where it cannot be read."""
+    try:
+        base = "/sys/devices/system/cpu/cpu0/cache"
+        for index in sorted(os.listdir(base)):
+            with open(os.path.join(base, index, "level")) as f:
+                if f.read().strip() != "3":
+                    continue
+            with open(os.path.join(base, index, "size")) as f:
+                size = f.read().strip()
+            units = {"K": 2**10, "M": 2**20, "G": 2**30}
+            return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def available_cores():
     try:
         return len(os.sched_getaffinity(0))
@@ -508,6 +525,7 @@ def machine_description(fastxent_info):
         "cores_available": available_cores(),
         "cpu_count": os.cpu_count(),
         "memory_gib": memory_gib(),
+        "l3_cache_bytes": l3_cache_bytes(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -581,6 +599,7 @@ def markdown_report(data):
             f"| {row['op']} | {row['shape']} | {row['threads']} | {format_ms(fx_entry)} "
             f"| {format_ms(torch_entry)} | {speedup} | {format_ms(res.get('jax'))} "
             f"| {format_ms(res.get('numpy'))} | {gbps} | {read} |")
+    lines += targets_report(data)
     errors = [(row, name, entry["error"]) for row in data["rows"]
               for name, entry in row["results"].items() if "error" in entry]
     errors += [(row, name, f"result differs from {key[len('max_abs_diff_vs_'):]}'s by {value:.3g}")
@@ -593,6 +612,93 @@ def markdown_report(data):
         lines += [f"- {name} {row['op']} {row['shape']} ({row['threads']} threads): {error}"
                   for row, name, error in errors]
     return "\n".join(lines) + "\n"
+
+
+# The project's speed targets (float32, fastxent against torch at the same thread count, at the
+# most threads measured): op, the shapes it holds for (None: every shape of more than 1 MB, 10^6
+# bytes), the least speed-up; log_softmax of 32 classes or fewer needs SMALL_CLASS_LOG_SOFTMAX.
+SPEEDUP_TARGETS = [
+    ("cross_entropy_mean", ["32x10"], 2.0),
+    ("cross_entropy_mean", ["256x1000", "4096x1000"], 4.0),
+    ("cross_entropy_mean", ["2048x32000", "256x128256", "4x256000"], 6.0),
+    ("cross_entropy_mean", ["1048576x10", "1048576x2"], 15.0),
+    ("cross_entropy_mean", ["16x21x128x128"], 6.0),
+    ("cross_entropy_with_grad", None, 5.0),
+    ("log_softmax", None, 1.5),
+]
+SMALL_CLASS_LOG_SOFTMAX = 5.0
+# Against the machine, on arrays larger than the L3 cache: the forward within this many times one
+# read of the logits, the loss with its gradient within this many times one copy.
+YARDSTICK_TARGET = 2.0
+
+
+def target_rows(data):
+    """(target, shape, needed, reached, met) for each target a row of `data` measures, at the most
+    threads measured; `reached` is None where the row has no figure for it."""
+    rows = data["rows"]
+    if not rows:
+        return [], None
+    threads = max(row["threads"] for row in rows)
+    at_threads = [row for row in rows if row["threads"] == threads]
+
+    def ms(row, name):
+        entry = row["results"].get(name)
+        return entry["ms"] if entry and "ms" in entry else None
+
+    out = []
+    for op, shapes, needed in SPEEDUP_TARGETS:
+        for row in at_threads:
+            if row["op"] != op or not (row["shape"] in shapes if shapes else row["nbytes"] > 1e6):
+                continue
+            need = needed
+            if op == "log_softmax" and row["input_shape"][row["axis"]] <= 32:
+                need = SMALL_CLASS_LOG_SOFTMAX
+            fx_ms, torch_ms = ms(row, "fastxent"), ms(row, "torch")
+            reached = torch_ms / fx_ms if fx_ms and torch_ms else None
+            out.append((f"`{op}` vs torch", row["shape"], f"{need:g}x", reached, reached is not None and reached >= need))
+    l3 = data["machine"].get("l3_cache_bytes")
+    for row in at_threads:
+        if l3 is None or row["nbytes"] <= l3:
+            continue
+        yardstick = row.get("yardstick", {})
+        fx_ms = ms(row, "fastxent")
+        if row["op"] == "cross_entropy_mean" and yardstick.get("read_gbps"):
+            base, what = row["nbytes"] / yardstick["read_gbps"] / 1e6, "one read"
+        elif row["op"] == "cross_entropy_with_grad" and yardstick.get("copy_gbps"):
+            base, what = 2 * row["nbytes"] / yardstick["copy_gbps"] / 1e6, "one copy"
+        else:
+            continue
+        # a ratio of times, smaller is better: the target is met at or below YARDSTICK_TARGET
+        ratio = fx_ms / base if fx_ms else None
+        out.append((f"`{row['op']}` time / {what}", row["shape"], f"{YARDSTICK_TARGET:g}x or less", ratio,
+                    ratio is not None and ratio <= YARDSTICK_TARGET))
+    # JAX: every row at every thread count, reported as the smallest speed-up
+    against_jax = [(ms(row, "jax") / ms(row, "fastxent"), row) for row in rows
+                   if ms(row, "jax") is not None and ms(row, "fastxent")]
+    if against_jax:
+        least, row = min(against_jax, key=lambda pair: pair[0])
+        out.append(("every op vs JAX (the least)", f"every shape; least: `{row['op']}` {row['shape']}, "
+                    f"{row['threads']} thread{'s' if row['threads'] > 1 else ''}", "above 1x", least, least > 1.0))
+    return out, threads
+
+
+def targets_report(data):
+    """Markdown lines: the targets this run measures, what it reached, and whether each is met."""
+    rows, threads = target_rows(data)
+    if not rows:
+        return []
+    met = sum(1 for row in rows if row[4])
+    lines = [
+        "",
+        f"Targets at {threads} threads (float32): {met} of {len(rows)} met.",
+        "",
+        "| target | shape | needed | reached | met |",
+        "| --- | --- | --- | ---: | --- |",
+    ]
+    for target, shape, needed, reached, ok in rows:
+        value = "–" if reached is None else f"{reached:.2f}x"
+        lines.append(f"| {target} | {shape} | {needed} | {value} | {'yes' if ok else '**no**'} |")
+    return lines
 
 
 def plot_report(data, path):
