@@ -28,6 +28,13 @@ def test_public_name_exists(name):
     assert callable(getattr(fx, name))
 
 
+def test_the_package_shows_only_its_api():
+    """Every public attribute of the package is in ``__all__`` (no typing helpers or modules), and
+    ``__all__`` is the functions above plus the score results."""
+    shown = {name for name in dir(fx) if not name.startswith("_")}
+    assert shown == set(fx.__all__) == set(PUBLIC) | {"score", "score_spans", "Score", "SpanScore"}
+
+
 def test_cpu_info():
     info = fx.cpu_info()
     assert isinstance(info, dict)

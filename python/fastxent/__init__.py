@@ -4,10 +4,8 @@ The kernels live in the compiled module ``fastxent._core``; this package is a th
 normalises arguments and calls it once per function.
 """
 
-from __future__ import annotations
-
-from typing import Any, Dict
-
+# (no `from __future__ import annotations` or typing names here: they would show as attributes of
+# the package)
 from . import _arguments, _core
 from ._functional import (
     cross_entropy,
@@ -59,7 +57,7 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
-def cpu_info() -> Dict[str, Any]:
+def cpu_info() -> "dict[str, object]":
     """What this build runs on: ``isa`` (the instruction set in use: ``baseline``, ``avx2`` or
     ``avx512``; ``FASTXENT_ISA`` forces one), ``supported_isas``, ``num_threads`` and ``openmp``."""
     return dict(_core.cpu_info())
