@@ -22,12 +22,11 @@ void float_to_half_kernel(const float* values, std::uint16_t* out, std::int64_t 
     destination.format = format;
     const std::int64_t blocks = (count + kConvertBlock - 1) / kConvertBlock;
     const int threads = threads_for(blocks, count);
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-    for (std::int64_t b = 0; b < blocks; ++b) {
+    for_each_item(blocks, threads, [&](std::int64_t b) {
         const std::int64_t first = b * kConvertBlock;
         const std::int64_t size = count - first < kConvertBlock ? count - first : kConvertBlock;
         destination.store(first, values + first, nullptr, size);
-    }
+    });
 }
 
 }  // namespace

@@ -1289,12 +1289,7 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
     const bool plain_rows = plain_whole_rows(ctx);
     const bool grouped = grouped_rows(ctx);
 
-    // Each thread's streaming stores are fenced once, after its last item (see the Note on streaming
-    // stores, stream.h).
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-#pragma omp for schedule(static)
-    for (std::int64_t item = 0; item < plan.items; ++item) {
+    const auto item_loss = [&](std::int64_t item) {
         double item_sum = 0.0;
         const ItemRows range = item_rows(plan, view, item);
         TargetCheck* check = problem.target_checks == nullptr ? nullptr : problem.target_checks + item;
@@ -1360,9 +1355,12 @@ void cross_entropy_kernel(const CrossEntropyProblem<T>& problem) {
             }
         }
         if (problem.partial_sums != nullptr) problem.partial_sums[item] = item_sum;
-    }
-    if (ctx.stream_grad || stream_tiles) stream_fence();
-    }
+    };
+    // Each thread's streaming stores are fenced once, after its last item (see the Note on streaming
+    // stores, stream.h).
+    for_each_item(plan.items, threads, item_loss, [&] {
+        if (ctx.stream_grad || stream_tiles) stream_fence();
+    });
 }
 
 }  // namespace

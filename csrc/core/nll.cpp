@@ -85,13 +85,12 @@ double nll_rows(Read read, const ClassAxisView& view, const std::int64_t* target
     if (blocks <= 1) return nll_view_block(read, view, 0, rows, target, weight, ignore_index, row_loss);
     std::vector<double> sums(static_cast<std::size_t>(blocks));
     const int threads = threads_for(blocks, rows);
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-    for (std::int64_t b = 0; b < blocks; ++b) {
+    for_each_item(blocks, threads, [&](std::int64_t b) {
         const std::int64_t first = b * kNllBlock;
         const std::int64_t count = rows - first < kNllBlock ? rows - first : kNllBlock;
         sums[static_cast<std::size_t>(b)] =
             nll_view_block(read, view, first, count, target, weight, ignore_index, row_loss);
-    }
+    });
     double total = 0.0;
     for (const double sum : sums) total += sum;
     return total;

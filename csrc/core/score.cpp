@@ -233,8 +233,7 @@ void score_kernel(const ScoreProblem<T>& problem) {
     const int threads = staged_threads(plan.items, view.size(), staged, problem.staging_threads);
     const std::int64_t per_thread = staged ? staging_size(view, false, false) : 0;
 
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (std::int64_t item = 0; item < plan.items; ++item) {
+    for_each_item(plan.items, threads, [&](std::int64_t item) {
         const ItemRows range = item_rows(plan, view, item);
         if (staged) {
             score_item_staged(problem, logits, plan, range, problem.staging + current_thread() * per_thread);
@@ -257,7 +256,7 @@ void score_kernel(const ScoreProblem<T>& problem) {
             transpose_into_tile(problem.input + view.row_offset(first), view.outer_stride, classes, lanes, tile);
             score_tile(problem, tile, kTileLanes, first, lanes);
         }
-    }
+    });
 }
 
 // One row buffer per thread, for rows whose classes are not contiguous (inner > 1) or are 16-bit.
@@ -323,8 +322,7 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
     std::int64_t span_rows = 0;
     for (std::int64_t s = 0; s < problem.spans; ++s) span_rows += problem.lengths[s];
     const int span_threads = threads_for(problem.spans, span_rows);
-#pragma omp parallel for schedule(static) num_threads(span_threads) if (span_threads > 1)
-    for (std::int64_t s = 0; s < problem.spans; ++s) {
+    for_each_item(problem.spans, span_threads, [&](std::int64_t s) {
         const std::int64_t first = problem.starts[s];
         const std::int64_t last = first + problem.lengths[s];
         double total = 0.0;
@@ -335,7 +333,7 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
         }
         problem.span_logprob[s] = total;
         problem.span_greedy[s] = greedy;
-    }
+    });
 }
 
 }  // namespace

@@ -403,12 +403,7 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
     // So is the large output of transposed tiles.
     const bool stream_tiles = !reduces && streams_tiles<T>(view);
 
-    // Each thread's streaming stores are fenced once, after its last item (see the Note on streaming
-    // stores, stream.h).
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-#pragma omp for schedule(static)
-    for (std::int64_t item = 0; item < plan.items; ++item) {
+    const auto item_softmax = [&](std::int64_t item) {
         const ItemRows range = item_rows(plan, view, item);
         if (staged) {
             softmax_item_staged(problem, logits, output, plan, range,
@@ -461,9 +456,12 @@ void softmax_kernel(const SoftmaxProblem<T>& problem) {
                 }
             }
         }
-    }
-    if (stream || stream_tiles) stream_fence();
-    }
+    };
+    // Each thread's streaming stores are fenced once, after its last item (see the Note on streaming
+    // stores, stream.h).
+    for_each_item(plan.items, threads, item_softmax, [&] {
+        if (stream || stream_tiles) stream_fence();
+    });
 }
 
 }  // namespace

@@ -19,20 +19,8 @@
 #include "parallel.h"
 #include "row_engine.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace fastxent {
 namespace {
-
-inline int current_thread() {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
 
 // Note: soft cap. y = cap * tanh(x / cap) and its derivative dy/dx = 1 - tanh^2 = sech^2(x / cap).
 // For float, in double: with a = |x / cap| and e = exp(-2a), tanh(a) = (1 - e) / (1 + e), whose
