@@ -285,38 +285,42 @@ void score_spans_kernel(const ScoreSpansProblem<T>& problem) {
     RowBuffers<T> buffers;
     if (!contiguous) buffers.data = new T[static_cast<std::size_t>(threads) * static_cast<std::size_t>(classes)];
 
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
+    const bool fused = view.inner == 1 && stages_in_first_pass(logits, classes);
+    const auto score_item = [&](std::int64_t item) {
         T* buffer = contiguous ? nullptr : buffers.data + current_thread() * classes;
-        const bool fused = view.inner == 1 && stages_in_first_pass(logits, classes);
-#pragma omp for schedule(dynamic, 1)
-        for (std::int64_t item = 0; item < items; ++item) {
-            const std::int64_t first = item * rows_per_item;
-            const std::int64_t last = first + rows_per_item < rows ? first + rows_per_item : rows;
-            for (std::int64_t row = first; row < last; ++row) {
-                if (problem.row_covered[row] == 0) continue;
-                const T* x = nullptr;
-                const std::int64_t t = problem.target[row];
-                MaxArgmaxCount<T> pass;
-                // The next row, when it is covered and its classes are contiguous.
-                const NextRow next =
-                    next_row(logits, view, row, view.inner == 1 && row + 1 < rows && problem.row_covered[row + 1] != 0);
-                if (fused) {
-                    const std::int64_t offset = view.row_offset(row);
-                    pass = load_with_first_pass(logits, offset, classes, logits.at(offset + t), buffer);
-                    x = buffer;
-                } else if (view.inner == 1) {
-                    x = logits.read(view.row_offset(row), classes, buffer, nullptr);
-                } else {
-                    const std::int64_t source = view.row_offset(row / view.inner) + row % view.inner;
-                    for (std::int64_t c = 0; c < classes; ++c) buffer[c] = logits.at(source + c * view.class_stride);
-                    x = buffer;
-                }
-                const RowScore<T> score = score_row(x, classes, x[t], false, next, fused ? &pass : nullptr);
-                problem.row_logprob[row] = score.log_prob(x[t]);
-                problem.row_greedy[row] = t == score.argmax;
+        const std::int64_t first = item * rows_per_item;
+        const std::int64_t last = first + rows_per_item < rows ? first + rows_per_item : rows;
+        for (std::int64_t row = first; row < last; ++row) {
+            if (problem.row_covered[row] == 0) continue;
+            const T* x = nullptr;
+            const std::int64_t t = problem.target[row];
+            MaxArgmaxCount<T> pass;
+            // The next row, when it is covered and its classes are contiguous.
+            const NextRow next =
+                next_row(logits, view, row, view.inner == 1 && row + 1 < rows && problem.row_covered[row + 1] != 0);
+            if (fused) {
+                const std::int64_t offset = view.row_offset(row);
+                pass = load_with_first_pass(logits, offset, classes, logits.at(offset + t), buffer);
+                x = buffer;
+            } else if (view.inner == 1) {
+                x = logits.read(view.row_offset(row), classes, buffer, nullptr);
+            } else {
+                const std::int64_t source = view.row_offset(row / view.inner) + row % view.inner;
+                for (std::int64_t c = 0; c < classes; ++c) buffer[c] = logits.at(source + c * view.class_stride);
+                x = buffer;
             }
+            const RowScore<T> score = score_row(x, classes, x[t], false, next, fused ? &pass : nullptr);
+            problem.row_logprob[row] = score.log_prob(x[t]);
+            problem.row_greedy[row] = t == score.argmax;
         }
+    };
+    // Items of uneven work (rows outside every span are skipped) go to the threads one at a time; on
+    // one thread, in a plain loop (see the Note on one thread without a team, parallel.h).
+    if (threads <= 1) {
+        run_items(score_item, 0, items);
+    } else {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+        for (std::int64_t item = 0; item < items; ++item) run_items(score_item, item, item + 1);
     }
 
     std::int64_t span_rows = 0;
