@@ -145,7 +145,7 @@ py::tuple run_cross_entropy(const py::array& input, int half, double softcap, co
         }
         for (std::int64_t i = 0; i < plan.items && want_sum; ++i) total += problem.partial_sums[i];
         // A zero sum of probability-target losses is -0, as PyTorch's negated sum (see
-        // probability_loss); a sum of -0 rows starting at +0 would be +0.
+        // negated_log_prob_sum, loss.cpp); a sum of -0 rows starting at +0 would be +0.
         if (problem.target_prob != nullptr && total == 0.0) total = -0.0;
     }
     raise_invalid_target(check, problem.target_index, view.classes, ignore_index);
