@@ -53,9 +53,11 @@ class CrossEntropyLoss:
         self.label_smoothing = label_smoothing
         # What backward needs of the last forward, set in one assignment and read once, so that an
         # instance shared by threads never pairs one call's logits with another call's statistics:
-        # (problem, saved row statistics, whether it was the common call (see _plain_forward), the
-        # caller's arrays, which backward's out= must not overlap either: the problem may hold copies).
-        self._last: Optional[Tuple[_Problem, np.ndarray, bool, Tuple[Any, ...]]] = None
+        # (problem, saved row statistics, the caller's arrays, which backward's out= must not overlap
+        # either: the problem may hold copies). For the common call (see _plain_forward) the problem
+        # is (logits, int64 indices, ignore_index, reduction code), made a _Problem only if backward
+        # needs the general path.
+        self._last: Optional[Tuple[Any, np.ndarray, Tuple[Any, ...]]] = None
 
     def forward(self, input: ArrayLike, target: ArrayLike) -> Any:
         """The loss of ``input`` against ``target`` (``(loss, z_part)`` with ``return_z_loss``);
@@ -82,7 +84,7 @@ class CrossEntropyLoss:
             problem = problem._replace(targets=problem.targets._replace(index=problem.targets.index.copy()))
         stats = np.zeros((problem.rows, 2), np.float64)
         loss = _loss(problem, self.return_z_loss, save_stats=stats)
-        self._last = (problem, stats, False, (input, target))
+        self._last = (problem, stats, (input, target))
         return loss
 
     __call__ = forward
@@ -90,7 +92,7 @@ class CrossEntropyLoss:
     def _plain_forward(self, input: np.ndarray, target: np.ndarray) -> Any:
         """``forward`` for the common call (see ``cross_entropy``), taken by ``_core`` directly; None
         when the arrays need the general path."""
-        rows, classes = input.shape
+        rows = input.shape[0]
         kind, size = target.dtype.kind, target.dtype.itemsize
         if not (kind == "i" or (kind == "u" and size <= 4)):
             return None
@@ -100,12 +102,8 @@ class CrossEntropyLoss:
         loss = _core.cross_entropy_fast_with(input, index, self.ignore_index, code, 1.0, True, False, None, stats, None)
         if loss is None:
             return None
-        problem = _Problem(
-            input, (rows, classes, 1, classes, 1, 0, 0), input.shape, (rows,), input.dtype,
-            args.Targets(index, None), None, self.ignore_index, 0.0, code, 0.0, 0.0,
-        )
-        self._last = (problem, stats, True, (target,))
-        return loss if self.reduction == "none" else args.scalar(loss, input.dtype)
+        self._last = ((input, index, self.ignore_index, code), stats, (target,))
+        return loss if code == args.REDUCTIONS["none"] else args.scalar(loss, input.dtype)
 
     def backward(self, grad_output: ArrayLike = 1.0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """d loss / d input of the last ``forward`` call, times ``grad_output`` (a scalar, or for
@@ -113,14 +111,20 @@ class CrossEntropyLoss:
         last = self._last
         if last is None:
             raise RuntimeError("backward() was called before forward(): there is no loss to differentiate")
-        problem, stats, plain, originals = last
-        if plain and _plain_scalar(grad_output) and not _overlaps(out, originals):
-            grad = _core.cross_entropy_fast_with(
-                problem.array, problem.targets.index, problem.ignore_index, problem.reduction, float(grad_output),
-                False, True, out, None, stats,
+        problem, stats, originals = last
+        if type(problem) is tuple:  # the common call's (see _plain_forward)
+            input, index, ignore_index, code = problem
+            if _plain_scalar(grad_output) and not _overlaps(out, originals):
+                grad = _core.cross_entropy_fast_with(
+                    input, index, ignore_index, code, float(grad_output), False, True, out, None, stats
+                )
+                if grad is not None:
+                    return grad
+            rows, classes = input.shape
+            problem = _Problem(
+                input, (rows, classes, 1, classes, 1, 0, 0), input.shape, (rows,), input.dtype,
+                args.Targets(index, None), None, ignore_index, 0.0, code, 0.0, 0.0,
             )
-            if grad is not None:
-                return grad
         scalar, rows, grad = _grad_buffers(problem, grad_output, out, originals, problem.array)
         problem.run(grad=grad, grad_output=scalar, grad_rows=rows, saved_stats=stats)
         return grad
