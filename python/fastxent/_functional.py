@@ -172,10 +172,11 @@ def _loss(problem: _Problem, return_z_loss: bool = False, **run_options: Any) ->
             z_part = args.cast(z_rows, problem.dtype)
     else:
         total, denominator = problem.run(want_sum=True, **run_options)
-        z_total = float(np.sum(_z_rows(problem, stats))) if problem.z_loss != 0.0 else 0.0
-        # (without a z-loss the total as it is: a -0 sum of probability-target losses stays -0)
-        loss = args.reduce(total + z_total if problem.z_loss != 0.0 else total, denominator, problem.reduction,
-                           problem.dtype)
+        z_total = 0.0
+        if problem.z_loss != 0.0:  # (only then: without one, a -0 sum of probability-target losses stays -0)
+            z_total = float(np.sum(_z_rows(problem, stats)))
+            total += z_total
+        loss = args.reduce(total, denominator, problem.reduction, problem.dtype)
         z_part = args.reduce(z_total, denominator, problem.reduction, problem.dtype) if return_z_loss else None
     return (loss, z_part) if return_z_loss else loss
 
