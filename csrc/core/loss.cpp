@@ -39,9 +39,8 @@ struct LossContext {
     std::int64_t classes;
     double smoothing;        // e
     double weight_total;     // W = sum_c w_c
-    bool infinite_weight;    // some w_c is +-inf (see the Note on a weight at the max in row_engine.h)
     bool needs_loss;         // a loss is reported (row losses or the partial sums)
-    ProbabilityWeights<T> probability;
+    ProbabilityWeights<T> probability;  // u_c of probability targets; its infinite_weight serves every target
     Logits<T> logits;        // how the logits are read when staged
     Destination<T> grad;     // where the gradient goes when staged
     // The gradient of copied tiles along an inner axis (loss_copied_tile) is streamed (see the Note
@@ -53,7 +52,6 @@ struct LossContext {
           classes(p.view.classes),
           smoothing(p.label_smoothing),
           weight_total(static_cast<double>(p.view.classes)),
-          infinite_weight(false),
           needs_loss(p.row_loss != nullptr || p.partial_sums != nullptr),
           probability{static_cast<T>(1.0 - p.label_smoothing),
                       static_cast<T>(p.view.classes > 0 ? p.label_smoothing / p.view.classes : 0.0), p.weight,
@@ -65,9 +63,8 @@ struct LossContext {
             weight_total = 0.0;
             for (std::int64_t c = 0; c < classes; ++c) {
                 weight_total += static_cast<double>(p.weight[c]);
-                infinite_weight = infinite_weight || std::isinf(p.weight[c]);
+                probability.infinite_weight = probability.infinite_weight || std::isinf(p.weight[c]);
             }
-            probability.infinite_weight = infinite_weight;
         }
     }
 
@@ -173,7 +170,7 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
         const T max = row_max(x, classes);
         const bool smoothed_loss = ctx.smoothing > 0.0 && ctx.needs_loss;
         const double weighted_sum =
-            smoothed_loss ? row_weighted_sum(x, p.weight, classes, max, ctx.infinite_weight) : 0.0;
+            smoothed_loss ? row_weighted_sum(x, p.weight, classes, max, ctx.probability.infinite_weight) : 0.0;
         const RowStats stats{static_cast<double>(max),
                              grad_row_log_sum(row_exps_into(x, grad, classes, max, next), classes)};
         if (p.save_stats != nullptr) p.save_stats[row] = stats;
@@ -198,7 +195,7 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
         const double weight_t = ctx.class_weight(t);
         if (ctx.needs_loss) {
             const double weighted_sum =
-                ctx.smoothing > 0.0 ? row_weighted_sum(x, p.weight, classes, max, ctx.infinite_weight) : 0.0;
+                ctx.smoothing > 0.0 ? row_weighted_sum(x, p.weight, classes, max, ctx.probability.infinite_weight) : 0.0;
             loss = ctx.index_loss(stats, target_logit, weight_t, weighted_sum);
         }
         if (grad != nullptr) {
@@ -254,7 +251,7 @@ double grad_row_group(const LossContext<T>& ctx, std::int64_t first, std::int64_
         target_logit[i] = static_cast<double>(x[p.target_index[row]]);
         const T row_max_value = row_max(x, classes);
         max[i] = static_cast<double>(row_max_value);
-        if (smoothed_loss) weighted_sum[i] = row_weighted_sum(x, p.weight, classes, row_max_value, ctx.infinite_weight);
+        if (smoothed_loss) weighted_sum[i] = row_weighted_sum(x, p.weight, classes, row_max_value, ctx.probability.infinite_weight);
         sum[i] = row_exps_into(x, grad, classes, row_max_value, next_row(ctx.logits, view, row));
     }
     double log_sum[kGroupRows];
@@ -1108,7 +1105,7 @@ void cross_entropy_split(const LossContext<T>& ctx, std::int64_t chunks, int thr
             chunk_sum[item] = row_sum_exp(x, count, shift);
             if (smoothed_loss) {
                 const T* weight = p.weight == nullptr ? nullptr : p.weight + first;
-                chunk_dot[item] = row_weighted_sum(x, weight, count, shift, ctx.infinite_weight);
+                chunk_dot[item] = row_weighted_sum(x, weight, count, shift, ctx.probability.infinite_weight);
             }
             if (!index_targets) {
                 ProbabilityWeights<T> u = ctx.probability;
