@@ -567,6 +567,18 @@ def format_ms(entry):
     return f"{ms:.3g}" if ms < 1000 else f"{ms:.0f}"
 
 
+def entry_ms(row, name):
+    """The median time of `name` (fastxent, torch, jax, numpy) on `row`, or None without one."""
+    entry = row["results"].get(name)
+    return entry["ms"] if entry and "ms" in entry else None
+
+
+def speedup(row, over):
+    """How many times faster fastxent ran than `over` on `row`, or None where either has no time."""
+    fx_ms, other_ms = entry_ms(row, "fastxent"), entry_ms(row, over)
+    return other_ms / fx_ms if fx_ms and other_ms else None
+
+
 def markdown_report(data):
     machine = data["machine"]
     fx = machine.get("fastxent") or {}
@@ -589,15 +601,14 @@ def markdown_report(data):
     for row in data["rows"]:
         res = row["results"]
         fx_entry, torch_entry = res.get("fastxent"), res.get("torch")
-        speedup = "–"
-        if fx_entry and torch_entry and "ms" in fx_entry and "ms" in torch_entry:
-            speedup = f"{torch_entry['ms'] / fx_entry['ms']:.2f}x"
+        ratio = speedup(row, "torch")
+        speedup_text = "–" if ratio is None else f"{ratio:.2f}x"
         gbps = f"{fx_entry['gbps']:.1f}" if fx_entry and "gbps" in fx_entry else "–"
         read = row.get("yardstick", {}).get("read_gbps")
         read = f"{read:.1f}" if read is not None else "–"
         lines.append(
             f"| {row['op']} | {row['shape']} | {row['threads']} | {format_ms(fx_entry)} "
-            f"| {format_ms(torch_entry)} | {speedup} | {format_ms(res.get('jax'))} "
+            f"| {format_ms(torch_entry)} | {speedup_text} | {format_ms(res.get('jax'))} "
             f"| {format_ms(res.get('numpy'))} | {gbps} | {read} |")
     lines += targets_report(data)
     errors = [(row, name, entry["error"]) for row in data["rows"]
@@ -641,10 +652,6 @@ def target_rows(data):
     threads = max(row["threads"] for row in rows)
     at_threads = [row for row in rows if row["threads"] == threads]
 
-    def ms(row, name):
-        entry = row["results"].get(name)
-        return entry["ms"] if entry and "ms" in entry else None
-
     out = []
     for op, shapes, needed in SPEEDUP_TARGETS:
         for row in at_threads:
@@ -653,15 +660,14 @@ def target_rows(data):
             need = needed
             if op == "log_softmax" and row["input_shape"][row["axis"]] <= 32:
                 need = SMALL_CLASS_LOG_SOFTMAX
-            fx_ms, torch_ms = ms(row, "fastxent"), ms(row, "torch")
-            reached = torch_ms / fx_ms if fx_ms and torch_ms else None
+            reached = speedup(row, "torch")
             out.append((f"`{op}` vs torch", row["shape"], f"{need:g}x", reached, reached is not None and reached >= need))
     l3 = data["machine"].get("l3_cache_bytes")
     for row in at_threads:
         if l3 is None or row["nbytes"] <= l3:
             continue
         yardstick = row.get("yardstick", {})
-        fx_ms = ms(row, "fastxent")
+        fx_ms = entry_ms(row, "fastxent")
         if row["op"] == "cross_entropy_mean" and yardstick.get("read_gbps"):
             base, what = row["nbytes"] / yardstick["read_gbps"] / 1e6, "one read"
         elif row["op"] == "cross_entropy_with_grad" and yardstick.get("copy_gbps"):
@@ -673,8 +679,7 @@ def target_rows(data):
         out.append((f"`{row['op']}` time / {what}", row["shape"], f"{YARDSTICK_TARGET:g}x or less", ratio,
                     ratio is not None and ratio <= YARDSTICK_TARGET))
     # JAX: every row at every thread count, reported as the smallest speed-up
-    against_jax = [(ms(row, "jax") / ms(row, "fastxent"), row) for row in rows
-                   if ms(row, "jax") is not None and ms(row, "fastxent")]
+    against_jax = [(speedup(row, "jax"), row) for row in rows if speedup(row, "jax") is not None]
     if against_jax:
         least, row = min(against_jax, key=lambda pair: pair[0])
         out.append(("every op vs JAX (the least)", f"every shape; least: `{row['op']}` {row['shape']}, "
@@ -722,11 +727,10 @@ def plot_report(data, path):
             xs, ys = [], []
             for i, shape in enumerate(shapes):
                 for row in data["rows"]:
-                    if row["threads"] == threads and row["op"] == op and row["shape"] == shape:
-                        fx_entry, torch_entry = row["results"].get("fastxent"), row["results"].get("torch")
-                        if fx_entry and torch_entry and "ms" in fx_entry and "ms" in torch_entry:
-                            xs.append(i + (k - (len(ops) - 1) / 2) * width)
-                            ys.append(torch_entry["ms"] / fx_entry["ms"])
+                    ratio = speedup(row, "torch")
+                    if row["threads"] == threads and row["op"] == op and row["shape"] == shape and ratio is not None:
+                        xs.append(i + (k - (len(ops) - 1) / 2) * width)
+                        ys.append(ratio)
             bars = ax.bar(xs, ys, width=width, label=op)
             ax.bar_label(bars, labels=[f"{y:.1f}" for y in ys], fontsize=6, padding=1)
         ax.axhline(1.0, color="black", linewidth=0.8)
