@@ -35,6 +35,17 @@ const IsaEntry kIsas[] = {
 };
 #endif
 
+// The names of kIsas, comma-separated: those this CPU supports, or all of them.
+std::string isa_names(bool supported_only) {
+    std::string names;
+    for (const IsaEntry& entry : kIsas) {
+        if (supported_only && !entry.supported()) continue;
+        if (!names.empty()) names += ", ";
+        names += entry.name;
+    }
+    return names;
+}
+
 KernelTable choose() {
     const char* forced = std::getenv("FASTXENT_ISA");
     const IsaEntry* chosen = nullptr;
@@ -45,7 +56,7 @@ KernelTable choose() {
         if (chosen == nullptr) {
             throw std::runtime_error(std::string("FASTXENT_ISA=") + forced +
                                      " is not an instruction set of this build (choose from: " +
-                                     supported_isas() + ")");
+                                     isa_names(false) + "; this CPU supports " + supported_isas() + ")");
         }
         if (!chosen->supported()) {
             throw std::runtime_error(std::string("FASTXENT_ISA=") + forced +
@@ -68,14 +79,6 @@ const KernelTable& kernels() {
     return table;
 }
 
-std::string supported_isas() {
-    std::string names;
-    for (const IsaEntry& entry : kIsas) {
-        if (!entry.supported()) continue;
-        if (!names.empty()) names += ", ";
-        names += entry.name;
-    }
-    return names;
-}
+std::string supported_isas() { return isa_names(true); }
 
 }  // namespace fastxent
