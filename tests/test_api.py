@@ -55,8 +55,9 @@ def test_set_and_get_num_threads(restore_num_threads, n):
 def test_set_num_threads_out_of_range(restore_num_threads, n):
     """Too many threads is refused up front: OpenMP would end the process when it cannot make them."""
     before = fx.get_num_threads()
-    with pytest.raises(ValueError, match="at least 1 and at most"):
+    with pytest.raises(ValueError, match="at least 1 and at most") as error:
         fx.set_num_threads(n)
+    assert str(error.value).endswith(f", got {int(n)}")  # the value given, however large
     assert fx.get_num_threads() == before
 
 

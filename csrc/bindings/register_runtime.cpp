@@ -28,13 +28,17 @@ void register_runtime(py::module_& module) {
     // (a million ran out of resources here).
     module.def(
         "set_num_threads",
-        [](std::int64_t n) {
+        [](const py::int_& n) {
+            // Any Python int: one beyond long long is out of range like any count too large.
+            int overflow = 0;
+            const long long count = PyLong_AsLongLongAndOverflow(n.ptr(), &overflow);
+            if (count == -1 && PyErr_Occurred()) throw py::error_already_set();
             const std::int64_t most = thread_limit();
-            if (n < 1 || n > most) {
+            if (overflow != 0 || count < 1 || count > most) {
                 throw py::value_error("the number of threads must be at least 1 and at most " + std::to_string(most) +
-                                      ", got " + std::to_string(n));
+                                      ", got " + py::str(n).cast<std::string>());
             }
-            set_max_threads(static_cast<int>(n));
+            set_max_threads(static_cast<int>(count));
         },
         py::arg("n"));
     module.def("get_num_threads", [] { return max_threads(); });

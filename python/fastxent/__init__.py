@@ -45,10 +45,7 @@ def set_num_threads(n: int) -> None:
     """Sets the number of threads the kernels use, in calls from every Python thread: at least 1, and
     at most 1024 or the number of hardware threads, whichever is larger (``ValueError`` otherwise).
     Results do not depend on it. ``n`` must be an integer (``TypeError`` otherwise)."""
-    count = _arguments.integer(n, "the number of threads")
-    # A Python int beyond int64 is out of range like any count too large: bounded here, so that the
-    # core's range check (ValueError) answers for it rather than the binding's conversion.
-    _core.set_num_threads(max(-(2**62), min(count, 2**62)))
+    _core.set_num_threads(_arguments.integer(n, "the number of threads"))
 
 
 def get_num_threads() -> int:
