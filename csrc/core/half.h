@@ -62,8 +62,10 @@ inline std::uint16_t float_to_float16(float f) {
 //   there, so NaNs are then replaced by 0x7e00 with their sign, as float_to_float16 gives.
 // Neither depends on the flush-to-zero or denormals-are-zero modes (float16 subnormals are normal
 // floats, and a float subnormal rounds to a float16 zero either way). Both directions give exactly
-// the results of the functions above, so no result depends on the instruction set
-// (test_every_16_bit_value_is_read_exactly, test_float16_rounding_of_every_kind_of_value). The
+// the results of the functions above, so no conversion depends on the instruction set
+// (test_every_16_bit_value_is_read_exactly, test_float16_rounding_of_every_kind_of_value); what is
+// computed from the converted values may differ in the last bits between instruction sets, as float32
+// results do. The
 // remaining elements, and the other instruction sets, use the functions above. Each returns how
 // many elements it converted.
 #ifdef FASTXENT_F16C

@@ -20,7 +20,10 @@ class CrossEntropyLoss:
     keeps a reference to the logits (not a copy: write the next batch into the same buffer only
     after ``backward``, as with any autograd framework), a copy of the class indices and the per-row
     max and log-sum-exp (16 bytes a row), so that ``backward`` reads the logits once and no N x C
-    buffer is kept. Probability targets are kept by reference too. The loss is
+    buffer of its own is kept. Probability targets are kept by reference too. Logits in a layout
+    that is copied before the kernels run, and probability targets of another float dtype than the
+    logits, are kept as that copy (so a later write to the caller's buffer does not reach
+    ``backward``). The loss is
     ``cross_entropy_with_grad``'s, which may differ from ``cross_entropy``'s in the last bit.
     An instance shared by threads gives, in ``backward``, the gradient of whichever thread's
     ``forward`` ran last: use one instance per thread.
