@@ -6,6 +6,11 @@ import pytest
 
 import fastxent as fx
 
+try:
+    import ml_dtypes
+except ImportError:
+    ml_dtypes = None
+
 import reference as ref
 
 
@@ -110,6 +115,50 @@ def test_probability_targets(rng):
     p = ref.softmax(x, axis=1)
     z_grad = 2 * 0.5 * lse[:, None] * p / x.shape[0]
     np.testing.assert_allclose(grad - fx.cross_entropy_grad(x, y), z_grad, rtol=1e-9, atol=1e-14)
+
+
+LOW_PRECISION = ["float16"] + (["bfloat16"] if ml_dtypes is not None else [])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"] + LOW_PRECISION)
+@pytest.mark.parametrize("layout", ["rows", "few classes", "inner axis", "capped"])
+def test_the_z_part_of_rows_with_infinities_is_logsumexps(dtype, layout):
+    """A row whose max is infinite: its z part is z_loss * logsumexp(row)**2 all the same, +inf for a
+    +inf logit or a row of -inf (whose statistics alone hold inf - inf), NaN where the row holds a NaN."""
+    inf, nan = np.inf, np.nan
+    rows = np.array([[0.0, inf, 1.0, 0.5], [-inf] * 4, [0.5, 1.0, 2.0, -1.0], [nan, inf, 0.0, 1.0],
+                     [-inf, -inf, 2.0, -inf], [nan, -inf, -inf, -inf]])
+    dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    rows = rows.astype(dtype)
+    target = np.array([0, 1, 2, 3, 2, 0])
+    x, axis = rows, None
+    if layout == "few classes":  # the transposed tiles: many rows of few classes
+        x, target = np.tile(rows, (50, 1)), np.tile(target, 50)
+    elif layout == "inner axis":  # classes along axis 1, rows along the inner axis
+        x, axis = np.ascontiguousarray(rows.T[None]), 1
+        target = target[None]
+    options = dict(z_loss=0.25, return_z_loss=True, axis=axis)
+    if layout == "capped":
+        options["softcap"] = 5.0
+    _, z_rows = fx.cross_entropy(x, target, reduction="none", **options)
+    lse_axis = -1 if axis is None else axis
+    capped_lse_rows = None
+    if layout == "capped":  # the capped logits are finite: a NaN row alone is NaN
+        capped = 5.0 * np.tanh(rows.astype(np.float64) / 5.0)
+        capped_lse_rows = ref.logsumexp(capped, axis=1)
+    expected = 0.25 * fx.logsumexp(x, axis=lse_axis).astype(np.float64) ** 2
+    if capped_lse_rows is not None:
+        expected = 0.25 * capped_lse_rows ** 2
+    got = np.asarray(z_rows, np.float64)
+    assert np.array_equal(np.isnan(got), np.isnan(expected)), (got, expected)
+    assert np.array_equal(got[np.isinf(expected)], expected[np.isinf(expected)]), (got, expected)
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-2 if dtype.itemsize == 2 else 1e-6)
+    if layout == "rows":
+        assert np.isinf(got[[0, 1]]).all() and np.isnan(got[[3, 5]]).all()
+    # the reduced z part adds the same rows
+    _, z_sum = fx.cross_entropy(x, target, reduction="sum", **options)
+    assert np.isnan(z_sum) if np.isnan(expected).any() else z_sum == np.inf
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

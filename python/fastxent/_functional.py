@@ -148,6 +148,20 @@ def _prepare(
 def _z_rows(problem: _Problem, stats: np.ndarray) -> np.ndarray:
     """z_loss * logsumexp^2 of every kept row, in float64, shaped like the unreduced loss."""
     lse = stats[:, 0] + stats[:, 1]
+    infinite_max = np.isinf(stats[:, 0])
+    if infinite_max.any():
+        # The statistics of a row with an infinite max cannot tell a NaN from +-inf (their shifted sum
+        # is inf - inf): its logsumexp is taken again from the logits, as logsumexp gives it (+inf
+        # for a +inf logit, -inf for a row of -inf, NaN for a NaN; the capped logits are finite).
+        again = np.empty(problem.rows, problem.compute)
+        _core.softmax(
+            args.core_array(problem.array),
+            problem.view,
+            args.SOFTMAX_OPS["logsumexp"],
+            again,
+            args.half_code(problem.dtype),
+        )
+        lse = np.where(infinite_max, again, lse)
     z_rows = problem.z_loss * (lse * lse)
     if problem.targets.index is not None:
         z_rows = np.where(problem.targets.index.reshape(-1) != problem.ignore_index, z_rows, 0.0)
