@@ -125,6 +125,37 @@ def test_masks_nan_and_infinity():
     assert grad[2, 0] == 0.0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("shape, axis", [((6, 3), None), ((600, 3), None), ((2, 3, 300), 1), ((4, 3000), None)])
+def test_an_ignored_row_with_a_nan_has_a_zero_gradient_as_without_a_cap(dtype, shape, axis):
+    """An ignored row's gradient is 0 whatever its logits (SPEC's v_i = 0), with a cap too: the cap's
+    slope at a NaN (NaN) once made its zeros NaN."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(dtype)
+    class_axis = 1
+    target = rng.integers(0, shape[class_axis], shape[:1] + shape[2:])
+    index = (0,) * (len(shape) - 2)
+    row = (0, slice(None)) + index
+    x[(0, 1) + index] = np.nan
+    x[(1, 0) + index] = np.inf
+    x[(1, 1) + index] = -np.inf
+    target[(0,) + index] = -100
+    target[(1,) + index] = -100
+    for reduction in ("mean", "sum", "none"):
+        capped = fx.cross_entropy_grad(x, target, axis=axis, reduction=reduction, softcap=4.0)
+        plain = fx.cross_entropy_grad(x, target, axis=axis, reduction=reduction)
+        assert (plain[row] == 0).all()
+        assert (capped[row] == 0).all(), capped[row]
+        assert (capped[(1, slice(None)) + index] == 0).all()
+        # the other rows are finite, and as the float64 formula gives them
+        others = np.ones(target.shape, bool)
+        others[(0,) + index] = others[(1,) + index] = False
+        moved = np.moveaxis(capped, 1, -1)[others]
+        assert np.isfinite(moved).all()
+        (_, with_grad) = fx.cross_entropy_with_grad(x, target, axis=axis, reduction=reduction, softcap=4.0)
+        np.testing.assert_array_equal(with_grad, capped)
+
+
 @pytest.mark.parametrize("bad", [0, 0.0, -1.0, np.nan, np.inf, "3", True, [3.0]])
 def test_invalid_softcap(rng, bad):
     x = rng.standard_normal((4, 5))

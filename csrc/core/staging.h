@@ -27,7 +27,9 @@ namespace {
 // relative error is at most about 1e-16 / a, far below a float ulp for a >= 1e-4, and a - a^3 / 3
 // below that (error < a^5 / 7); sech^2 = 4e / (1 + e)^2 has no cancellation. Each value is rounded
 // once to float. For double, the library's tanh and exp. x = -inf gives -cap (a masked logit
-// becomes a finite one, as the formula says), with slope 0; NaN stays NaN.
+// becomes a finite one, as the formula says), with slope 0; NaN stays NaN, with slope 0 too: the
+// gradient of a row with a NaN is NaN before the slope, except an ignored row's zeros, which stay 0
+// (a NaN slope made them NaN, unlike the same call without a cap).
 
 // cap * tanh(x / cap) in double, and e = exp(-2 |x / cap|) for the slope.
 inline double softcap_one(double x, double cap, double& e) {
@@ -45,7 +47,7 @@ void apply_softcap(T* values, T* slope, std::int64_t n, double cap) {
             const double z = values[i] / cap;
             if (slope != nullptr) {
                 const double e = std::exp(-2.0 * std::fabs(z));
-                slope[i] = 4.0 * e / ((1.0 + e) * (1.0 + e));
+                slope[i] = z != z ? 0.0 : 4.0 * e / ((1.0 + e) * (1.0 + e));
             }
             values[i] = cap * std::tanh(z);
         }
@@ -59,7 +61,7 @@ void apply_softcap(T* values, T* slope, std::int64_t n, double cap) {
         for (std::int64_t i = 0; i < n; ++i) {
             double e;
             values[i] = static_cast<T>(softcap_one(static_cast<double>(values[i]), cap, e));
-            slope[i] = static_cast<T>(4.0 * e / ((1.0 + e) * (1.0 + e)));
+            slope[i] = static_cast<T>(e != e ? 0.0 : 4.0 * e / ((1.0 + e) * (1.0 + e)));
         }
     }
 }
