@@ -15,6 +15,8 @@ Loss = Union[np.generic, np.ndarray]  # a NumPy scalar (ml_dtypes.bfloat16 inclu
 
 
 def _softmax_family(x: ArrayLike, axis: Any, op: str, out: Optional[np.ndarray]) -> np.ndarray:
+    if type(x) is not np.ndarray:
+        x = args.numpy_view(x)  # torch tensors: see numpy_view
     if type(axis) is int and -1 <= axis < 64:
         result = _core.softmax_fast(x, args.SOFTMAX_OPS[op], axis, out)
         if result is not None:
@@ -38,7 +40,7 @@ def log_softmax(x: ArrayLike, axis: int = -1, *, out: Optional[np.ndarray] = Non
     """Log of the softmax along ``axis``: ``(x - max) - log(sum(exp(x - max)))``.
 
     ``x`` is any array of float16, bfloat16 (``ml_dtypes.bfloat16``), float32 or float64, or a CPU
-    tensor of another library (read through DLPack, without a copy); 16-bit logits are read directly
+    tensor of another library (read in place, without a copy); 16-bit logits are read directly
     and computed in float32. ``out``, if given, is a C-contiguous writeable array of ``x``'s shape and
     dtype that receives the result.
     Masked logits (``-inf``) give ``-inf``; a row of only ``-inf`` gives NaN, as in PyTorch.
@@ -267,7 +269,7 @@ def cross_entropy(
     """Softmax cross-entropy, as ``torch.nn.functional.cross_entropy``.
 
     ``input`` holds logits (float16, bfloat16, float32 or float64, any layout, or a CPU tensor of
-    another library, read through DLPack without a copy; 16-bit logits are computed in float32 and
+    another library, read in place without a copy; 16-bit logits are computed in float32 and
     give results in their own dtype); ``axis`` is the class axis
     (``None``: 0 for 1-D input, else 1). ``target`` holds class indices of any integer dtype, of the
     input's shape without the class axis, or class probabilities of the input's shape. ``weight``
@@ -290,6 +292,8 @@ def cross_entropy(
     ``ValueError`` for mismatched shapes or bad options, ``TypeError`` for non-float logits, an
     ``ignore_index`` that is not an integer, or a ``return_z_loss`` that is not a bool.
     """
+    if type(input) is not np.ndarray or type(target) is not np.ndarray:
+        input, target = args.numpy_view(input), args.numpy_view(target)  # torch tensors: see numpy_view
     # _plain_options, written out: calling it would add about 3% to the time of a 32 x 10 loss.
     if (
         weight is None
@@ -338,6 +342,8 @@ def cross_entropy_grad(
     when an argument is invalid. For 16-bit logits the gradient is computed in float32 and rounded
     once to the logits' dtype.
     """
+    if type(input) is not np.ndarray or type(target) is not np.ndarray:
+        input, target = args.numpy_view(input), args.numpy_view(target)  # torch tensors: see numpy_view
     if _plain_options(weight, axis, ignore_index, reduction, label_smoothing, z_loss, False, softcap, grad_output):
         grad = _core.cross_entropy_fast_with(
             input, target, ignore_index, args.REDUCTIONS[reduction], float(grad_output), False, True, out, None, None
@@ -369,6 +375,8 @@ def cross_entropy_with_grad(
     read once, and its gradient written straight into the result (or ``out``). With
     ``return_z_loss=True`` the first element is ``(loss, z_part)``. The loss sums the exponentials
     the gradient is made of, and may differ from ``cross_entropy``'s in the last bit."""
+    if type(input) is not np.ndarray or type(target) is not np.ndarray:
+        input, target = args.numpy_view(input), args.numpy_view(target)  # torch tensors: see numpy_view
     if _plain_options(
         weight, axis, ignore_index, reduction, label_smoothing, z_loss, return_z_loss, softcap, grad_output
     ):
@@ -396,6 +404,8 @@ def nll_loss(
     """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``:
     ``-w[t] * log_probs[t]`` per row, reduced like ``cross_entropy``. Index targets only; 16-bit
     log-probabilities are read in place (one element a row)."""
+    if type(log_probs) is not np.ndarray or type(target) is not np.ndarray:
+        log_probs, target = args.numpy_view(log_probs), args.numpy_view(target)
     if _plain_options(weight, axis, ignore_index, reduction, 0.0, 0.0, False, None):
         loss = _core.nll_loss_fast(log_probs, target, ignore_index, args.REDUCTIONS[reduction])
         if loss is not None:

@@ -65,6 +65,8 @@ class CrossEntropyLoss:
     def forward(self, input: ArrayLike, target: ArrayLike) -> Any:
         """The loss of ``input`` against ``target`` (``(loss, z_part)`` with ``return_z_loss``);
         remembers what ``backward`` needs."""
+        if type(input) is not np.ndarray or type(target) is not np.ndarray:
+            input, target = args.numpy_view(input), args.numpy_view(target)  # torch tensors: see numpy_view
         if (
             type(input) is np.ndarray
             and type(target) is np.ndarray
