@@ -229,6 +229,54 @@ def test_fast_path_gives_the_general_paths_bits(rng, shape, dtype, reduction, gr
     assert_close(grad, expected, dtype)
 
 
+# Class weights in the common call: a C-contiguous 1-D array of the computed dtype (float32 for
+# float32 and 16-bit logits, float64 for float64) is passed to _core as it is; any other weight (a
+# list, another dtype, a strided view) takes the general path, which converts it. Same bits.
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("shape", [(37, 11), (5, 3000), (0, 7)], ids=["37x11", "5x3000", "empty"])
+def test_weighted_fast_path_gives_the_general_paths_bits(rng, shape, dtype, reduction):
+    from fastxent import _core
+
+    x = make_logits(rng, shape, dtype)
+    target = rng.integers(0, shape[1], shape[0])
+    target[::4] = -100
+    compute = np.float64 if dtype == np.float64 else np.float32
+    weight = (rng.random(shape[1]) * 2).astype(compute)
+    weight[0] = 0.0
+    code = {"none": 0, "mean": 1, "sum": 2}[reduction]
+    assert _core.cross_entropy_fast(x, target, -100, code, weight) is not None
+    assert _core.nll_loss_fast(x, target, -100, code, weight) is not None
+    assert _core.cross_entropy_fast_with(x, target, -100, code, 1.0, True, True, None, None, None, weight) is not None
+    other_dtype = weight.astype(np.float64 if compute == np.float32 else np.float32)
+    for general in (list(weight), np.repeat(weight, 2)[::2]):  # the general path
+        assert _core.cross_entropy_fast(x, target, -100, code, general) is None
+    assert _core.cross_entropy_fast(x, target, -100, code, other_dtype) is None
+    assert _core.cross_entropy_fast(x, target, -100, code, weight[:-1]) is None
+    general = list(weight)
+    for api in ["cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad", "nll_loss"]:
+        fast = getattr(fx, api)(x, target, weight, reduction=reduction)
+        slow = getattr(fx, api)(x, target, general, reduction=reduction)
+        for a, b in zip(fast if api == "cross_entropy_with_grad" else [fast],
+                        slow if api == "cross_entropy_with_grad" else [slow]):
+            assert type(a) is type(b)
+            np.testing.assert_array_equal(a, b)
+    # against the float64 reference
+    loss, grad = fx.cross_entropy_with_grad(x, target, weight, reduction=reduction)
+    expected = ref.cross_entropy(upcast(x), target, weight.astype(np.float64), reduction=reduction)
+    np.testing.assert_allclose(np.asarray(loss, np.float64), expected, rtol=1e-3 if dtype == np.float16 else 1e-6,
+                               atol=1e-3 if dtype == np.float16 else 1e-6)
+    expected_grad = ref.cross_entropy_grad(upcast(x), target, weight.astype(np.float64), reduction=reduction)
+    assert_close(grad, expected_grad, dtype)
+    # an out= that overlaps the weights is refused, as on the general path
+    if shape[0] > 0 and dtype != np.float16:
+        buffer = np.zeros(x.size + shape[1], dtype)
+        out, shared_weight = buffer[: x.size].reshape(shape), buffer[x.size - 1 : x.size - 1 + shape[1]]
+        shared_weight[:] = weight  # its first element is out's last
+        with pytest.raises(ValueError, match="overlap"):
+            fx.cross_entropy_grad(x, target, shared_weight, reduction=reduction, out=out)
+
+
 TARGET_LAYOUTS = {
     "int8": lambda t: t.astype(np.int8),
     "int16": lambda t: t.astype(np.int16),

@@ -176,9 +176,9 @@ py::tuple run_nll(const py::array& input, int half, const ClassAxisView& view, c
 }  // namespace
 
 // The common calls, on x a C-contiguous (N, C) array of float32, float64, float16 or bfloat16 and t a
-// 1-D integer array of N class indices, with every other option at its default, without the Python
-// layer's normalisation. Each returns None when the arguments are anything else (the Python layer
-// then takes over, and raises any error).
+// 1-D integer array of N class indices, with every other option at its default but class weights,
+// without the Python layer's normalisation. Each returns None when the arguments are anything else
+// (the Python layer then takes over, and raises any error).
 bool fast_logits(const py::handle& input, int reduction) {
     if (!py::isinstance<py::array>(input) || reduction < 0 || reduction > 2) return false;
     const py::array x = py::reinterpret_borrow<py::array>(input);
@@ -199,17 +199,21 @@ py::object fast_targets(const py::handle& target, py::ssize_t rows) {
     return converted ? converted : py::none();  // a failed conversion: the Python layer raises the error
 }
 
-// The arrays of a common call: x, its targets as int64 (t), and how x's elements are computed (T =
-// float for 16-bit floats of format `half`). Nothing when the arguments need the Python layer. (Made
-// whole at the end: a default-constructed py::array is a new NumPy array, a third of a microsecond.)
+// The arrays of a common call: x, its targets as int64 (t), how x's elements are computed (T =
+// float for 16-bit floats of format `half`), and its class weights (None, or a C-contiguous 1-D
+// array of C values of the computed dtype, as the Python layer would make them; any other weight
+// takes the Python layer). Nothing when the arguments need the Python layer. (Made whole at the end:
+// a default-constructed py::array is a new NumPy array, a third of a microsecond.)
 struct FastCall {
     py::array x;
     py::array t;
     bool float64;
     int half;
+    py::object weight;
 };
 
-std::optional<FastCall> fast_call(const py::handle& input, const py::handle& target, int reduction) {
+std::optional<FastCall> fast_call(const py::handle& input, const py::handle& target, int reduction,
+                                  const py::handle& weight) {
     if (!fast_logits(input, reduction)) return std::nullopt;
     const py::array x = py::reinterpret_borrow<py::array>(input);
     const py::object indices = fast_targets(target, x.shape(0));
@@ -218,7 +222,16 @@ std::optional<FastCall> fast_call(const py::handle& input, const py::handle& tar
     const bool float64 = !float32 && has_dtype<double>(x);
     const int half = float32 || float64 ? -1 : half_format_of(x);
     if (!float32 && !float64 && half < 0) return std::nullopt;
-    return FastCall{x, py::reinterpret_borrow<py::array>(indices), float64, half};
+    if (!weight.is_none()) {
+        if (!py::isinstance<py::array>(weight)) return std::nullopt;
+        const py::array w = py::reinterpret_borrow<py::array>(weight);
+        const bool dtype_fits = float64 ? has_dtype<double>(w) : has_dtype<float>(w);
+        if (!dtype_fits || w.ndim() != 1 || w.shape(0) != x.shape(1) || !(w.flags() & py::array::c_style)) {
+            return std::nullopt;
+        }
+    }
+    return FastCall{x, py::reinterpret_borrow<py::array>(indices), float64, half,
+                    py::reinterpret_borrow<py::object>(weight)};
 }
 
 // The mean or the sum of a run_cross_entropy result (total, denominator), as a float. A mean over a
@@ -236,34 +249,37 @@ inline py::float_ reduced_loss(const py::tuple& result, Reduction reduction) {
 // row losses rounded to x's dtype. Kept apart from cross_entropy_fast_with: going through it, with
 // its options, made a 32 x 10 call 2-5% slower.
 template <typename T>
-py::object cross_entropy_fast_typed(const py::array& x, int half, const py::array& t, std::int64_t ignore_index,
-                                    Reduction reduction, void (*kernel)(const CrossEntropyProblem<T>&)) {
+py::object cross_entropy_fast_typed(const py::array& x, int half, const py::array& t, const py::object& weight,
+                                    std::int64_t ignore_index, Reduction reduction,
+                                    void (*kernel)(const CrossEntropyProblem<T>&)) {
     const std::int64_t rows = x.shape(0);
     const std::int64_t classes = x.shape(1);
     const ClassAxisView view{rows, classes, 1, classes, 1};
     const py::object none = py::none();
     if (reduction == Reduction::none) {
         py::array_t<T> row_loss(static_cast<py::ssize_t>(rows));
-        run_cross_entropy<T>(x, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0, reduction, 1.0, none,
+        run_cross_entropy<T>(x, half, 0.0, view, t, none, weight, ignore_index, 0.0, 0.0, reduction, 1.0, none,
                              row_loss, none, none, none, false, kernel);
         if (half >= 0) return narrowed_result(row_loss, x.dtype(), half);
         return std::move(row_loss);
     }
-    const py::tuple result = run_cross_entropy<T>(x, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0,
+    const py::tuple result = run_cross_entropy<T>(x, half, 0.0, view, t, none, weight, ignore_index, 0.0, 0.0,
                                                   reduction, 1.0, none, none, none, none, none, true, kernel);
     return reduced_loss(result, reduction);
 }
 
 py::object cross_entropy_fast(const py::handle& input, const py::handle& target, std::int64_t ignore_index,
-                              int reduction) {
-    const std::optional<FastCall> call = fast_call(input, target, reduction);
+                              int reduction, const py::handle& weight) {
+    const std::optional<FastCall> call = fast_call(input, target, reduction, weight);
     if (!call) return py::none();
     const Reduction r = static_cast<Reduction>(reduction);
     const KernelTable& table = kernels();
     if (call->float64) {
-        return cross_entropy_fast_typed<double>(call->x, -1, call->t, ignore_index, r, table.cross_entropy_double);
+        return cross_entropy_fast_typed<double>(call->x, -1, call->t, call->weight, ignore_index, r,
+                                                table.cross_entropy_double);
     }
-    return cross_entropy_fast_typed<float>(call->x, call->half, call->t, ignore_index, r, table.cross_entropy_float);
+    return cross_entropy_fast_typed<float>(call->x, call->half, call->t, call->weight, ignore_index, r,
+                                           table.cross_entropy_float);
 }
 
 // Whether `out` may take the gradient of x in the fast path: usable_out for x's dtype (or float32, for
@@ -284,7 +300,7 @@ bool fast_out(const py::handle& out, const py::array& x, int half, const py::arr
 // `out`.
 template <typename T>
 py::object cross_entropy_fast_with_typed(const py::array& x, int half, const py::array& t, const py::array& given,
-                                         std::int64_t ignore_index,
+                                         const py::object& weight, std::int64_t ignore_index,
                                          Reduction reduction, double grad_output, bool with_loss, bool with_grad,
                                          const py::object& out, const py::object& save_stats,
                                          const py::object& saved_stats, void (*kernel)(const CrossEntropyProblem<T>&)) {
@@ -293,13 +309,17 @@ py::object cross_entropy_fast_with_typed(const py::array& x, int half, const py:
     const ClassAxisView view{rows, classes, 1, classes, 1};
     const py::object none = py::none();
     if (with_grad && !out.is_none() && !fast_out<T>(out, x, half, given)) return none;
+    if (with_grad && !out.is_none() && !weight.is_none() &&
+        bounds_overlap(py::reinterpret_borrow<py::array>(out), py::reinterpret_borrow<py::array>(weight))) {
+        return none;  // the Python layer refuses it
+    }
     const py::object row_loss =
         with_loss && reduction == Reduction::none ? py::object(py::array_t<T>(static_cast<py::ssize_t>(rows))) : none;
     const py::dtype result_dtype = half >= 0 ? x.dtype() : py::dtype::of<T>();
     const py::object grad =
         !with_grad ? none : !out.is_none() ? out : py::object(new_result(result_dtype, {rows, classes}));
     const bool want_sum = with_loss && reduction != Reduction::none;
-    const py::tuple result = run_cross_entropy<T>(x, half, 0.0, view, t, none, none, ignore_index, 0.0, 0.0,
+    const py::tuple result = run_cross_entropy<T>(x, half, 0.0, view, t, none, weight, ignore_index, 0.0, 0.0,
                                                   reduction, grad_output, none, row_loss, grad, save_stats,
                                                   saved_stats, want_sum, kernel);
     py::object loss = row_loss;
@@ -315,19 +335,22 @@ py::object cross_entropy_fast_with_typed(const py::array& x, int half, const py:
 
 py::object cross_entropy_fast_with(const py::handle& input, const py::handle& target, std::int64_t ignore_index,
                                    int reduction, double grad_output, bool with_loss, bool with_grad,
-                                   const py::object& out, const py::object& save_stats, const py::object& saved_stats) {
+                                   const py::object& out, const py::object& save_stats, const py::object& saved_stats,
+                                   const py::handle& weight) {
     if (!(with_loss || with_grad)) return py::none();
-    const std::optional<FastCall> call = fast_call(input, target, reduction);
+    const std::optional<FastCall> call = fast_call(input, target, reduction, weight);
     if (!call) return py::none();
     const py::array given = py::reinterpret_borrow<py::array>(target);
     const Reduction r = static_cast<Reduction>(reduction);
     const KernelTable& table = kernels();
     if (call->float64) {
-        return cross_entropy_fast_with_typed<double>(call->x, -1, call->t, given, ignore_index, r, grad_output,
+        return cross_entropy_fast_with_typed<double>(call->x, -1, call->t, given, call->weight, ignore_index, r,
+                                                     grad_output,
                                                      with_loss, with_grad, out, save_stats, saved_stats,
                                                      table.cross_entropy_double);
     }
-    return cross_entropy_fast_with_typed<float>(call->x, call->half, call->t, given, ignore_index, r, grad_output,
+    return cross_entropy_fast_with_typed<float>(call->x, call->half, call->t, given, call->weight, ignore_index, r,
+                                                grad_output,
                                                 with_loss, with_grad, out, save_stats, saved_stats,
                                                 table.cross_entropy_float);
 }
@@ -336,32 +359,34 @@ py::object cross_entropy_fast_with(const py::handle& input, const py::handle& ta
 // the row losses as a new array of the input's dtype. 16-bit log-probabilities (half >= 0, T float)
 // are read in place, their row losses rounded to their dtype.
 template <typename T>
-py::object nll_loss_fast_typed(const py::array& x, int half, const py::array& t, std::int64_t ignore_index,
-                               Reduction reduction) {
+py::object nll_loss_fast_typed(const py::array& x, int half, const py::array& t, const py::object& weight,
+                               std::int64_t ignore_index, Reduction reduction) {
     const std::int64_t rows = x.shape(0);
     const std::int64_t classes = x.shape(1);
     const ClassAxisView view{rows, classes, 1, classes, 1};
     const py::object row_loss =
         reduction == Reduction::none ? py::object(py::array_t<T>(static_cast<py::ssize_t>(rows))) : py::none();
-    const py::tuple result = run_nll<T>(x, half, view, t, py::none(), ignore_index, row_loss);
+    const py::tuple result = run_nll<T>(x, half, view, t, weight, ignore_index, row_loss);
     if (reduction != Reduction::none) return reduced_loss(result, reduction);
     return half >= 0 ? py::object(narrowed_result(row_loss, x.dtype(), half)) : row_loss;
 }
 
-py::object nll_loss_fast(const py::handle& input, const py::handle& target, std::int64_t ignore_index, int reduction) {
-    const std::optional<FastCall> call = fast_call(input, target, reduction);
+py::object nll_loss_fast(const py::handle& input, const py::handle& target, std::int64_t ignore_index, int reduction,
+                         const py::handle& weight) {
+    const std::optional<FastCall> call = fast_call(input, target, reduction, weight);
     if (!call) return py::none();
     const Reduction r = static_cast<Reduction>(reduction);
-    if (call->float64) return nll_loss_fast_typed<double>(call->x, -1, call->t, ignore_index, r);
-    return nll_loss_fast_typed<float>(call->x, call->half, call->t, ignore_index, r);
+    if (call->float64) return nll_loss_fast_typed<double>(call->x, -1, call->t, call->weight, ignore_index, r);
+    return nll_loss_fast_typed<float>(call->x, call->half, call->t, call->weight, ignore_index, r);
 }
 
 void register_loss(py::module_& module) {
     module.def("cross_entropy_fast", &cross_entropy_fast, py::arg("input"), py::arg("target"),
-               py::arg("ignore_index"), py::arg("reduction"));
+               py::arg("ignore_index"), py::arg("reduction"), py::arg("weight") = py::none());
     module.def("cross_entropy_fast_with", &cross_entropy_fast_with, py::arg("input"), py::arg("target"),
                py::arg("ignore_index"), py::arg("reduction"), py::arg("grad_output"), py::arg("with_loss"),
-               py::arg("with_grad"), py::arg("out"), py::arg("save_stats"), py::arg("saved_stats"));
+               py::arg("with_grad"), py::arg("out"), py::arg("save_stats"), py::arg("saved_stats"),
+               py::arg("weight") = py::none());
     module.def(
         "cross_entropy",
         [](const py::array& input, const ViewTuple& view_tuple, const py::object& target_index,
@@ -392,7 +417,7 @@ void register_loss(py::module_& module) {
         py::arg("saved_stats"), py::arg("want_sum"), py::arg("half") = -1, py::arg("softcap") = 0.0);
 
     module.def("nll_loss_fast", &nll_loss_fast, py::arg("input"), py::arg("target"), py::arg("ignore_index"),
-               py::arg("reduction"));
+               py::arg("reduction"), py::arg("weight") = py::none());
     module.def(
         "nll_loss",
         [](const py::array& input, const ViewTuple& view_tuple, const py::object& target, const py::object& weight,

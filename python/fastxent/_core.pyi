@@ -43,9 +43,11 @@ def softmax(input: np.ndarray, view: View, op: int, out: np.ndarray, half: int =
 # register_loss.cpp. The common call's fast path (reduction: 0 none, 1 mean, 2 sum): the mean or the
 # sum as a float, the row losses as a new array ("none"), or None when the arguments need the Python
 # layer (anything but a C-contiguous (N, C) float32, float64, float16 or bfloat16 array and (N,)
-# targets of a signed integer dtype or an unsigned one of up to 32 bits). Results have input's dtype.
+# targets of a signed integer dtype or an unsigned one of up to 32 bits, and weight None or a
+# C-contiguous (C,) array of the computed dtype: float64 for float64 input, else float32). Results
+# have input's dtype.
 def cross_entropy_fast(
-    input: Any, target: Any, ignore_index: int, reduction: int
+    input: Any, target: Any, ignore_index: int, reduction: int, weight: Any = None
 ) -> Union[float, np.ndarray, None]: ...
 
 # The same for the other common calls: the loss (with_loss), the gradient times grad_output
@@ -62,6 +64,7 @@ def cross_entropy_fast_with(
     out: Any,
     save_stats: Optional[np.ndarray],
     saved_stats: Optional[np.ndarray],
+    weight: Any = None,
 ) -> Union[float, np.ndarray, Tuple[Union[float, np.ndarray], np.ndarray], None]: ...
 
 # register_loss.cpp. reduction: 0 none, 1 mean, 2 sum. Returns (sum of the row losses, denominator of "mean").
@@ -87,7 +90,7 @@ def cross_entropy(
 ) -> Tuple[float, float]: ...
 # nll_loss's common call, as cross_entropy_fast (log-probabilities in place of logits).
 def nll_loss_fast(
-    input: Any, target: Any, ignore_index: int, reduction: int
+    input: Any, target: Any, ignore_index: int, reduction: int, weight: Any = None
 ) -> Union[float, np.ndarray, None]: ...
 def nll_loss(
     input: np.ndarray,

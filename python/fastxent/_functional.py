@@ -214,11 +214,11 @@ def _plain_options(
     softcap: Any,
     grad_output: Any = 1.0,
 ) -> bool:
-    """Whether every option is at its default (or a plain value of its usual type): the common call,
-    which ``_core`` may take without this layer's normalisation (it returns None when the arrays
-    themselves need it)."""
+    """Whether every option is at its default (or a plain value of its usual type; class weights may
+    be any NumPy array): the common call, which ``_core`` may take without this layer's normalisation
+    (it returns None when the arrays themselves need it)."""
     return (
-        weight is None
+        (weight is None or type(weight) is np.ndarray)
         and axis is None
         and type(reduction) is str
         and reduction in args.REDUCTIONS
@@ -296,7 +296,7 @@ def cross_entropy(
         input, target = args.numpy_view(input), args.numpy_view(target)  # torch tensors: see numpy_view
     # _plain_options, written out: calling it would add about 3% to the time of a 32 x 10 loss.
     if (
-        weight is None
+        (weight is None or type(weight) is np.ndarray)
         and axis is None
         and type(reduction) is str
         and reduction in args.REDUCTIONS
@@ -309,7 +309,7 @@ def cross_entropy(
         and type(ignore_index) is int
         and -(2**63) <= ignore_index < 2**63
     ):
-        loss = _core.cross_entropy_fast(input, target, ignore_index, args.REDUCTIONS[reduction])
+        loss = _core.cross_entropy_fast(input, target, ignore_index, args.REDUCTIONS[reduction], weight)
         if loss is not None:
             if reduction == "none":
                 return loss
@@ -346,7 +346,8 @@ def cross_entropy_grad(
         input, target = args.numpy_view(input), args.numpy_view(target)  # torch tensors: see numpy_view
     if _plain_options(weight, axis, ignore_index, reduction, label_smoothing, z_loss, False, softcap, grad_output):
         grad = _core.cross_entropy_fast_with(
-            input, target, ignore_index, args.REDUCTIONS[reduction], float(grad_output), False, True, out, None, None
+            input, target, ignore_index, args.REDUCTIONS[reduction], float(grad_output), False, True, out, None, None,
+            weight,
         )
         if grad is not None:
             return grad
@@ -381,7 +382,8 @@ def cross_entropy_with_grad(
         weight, axis, ignore_index, reduction, label_smoothing, z_loss, return_z_loss, softcap, grad_output
     ):
         result = _core.cross_entropy_fast_with(
-            input, target, ignore_index, args.REDUCTIONS[reduction], float(grad_output), True, True, out, None, None
+            input, target, ignore_index, args.REDUCTIONS[reduction], float(grad_output), True, True, out, None, None,
+            weight,
         )
         if result is not None:
             loss, grad = result
@@ -407,7 +409,7 @@ def nll_loss(
     if type(log_probs) is not np.ndarray or type(target) is not np.ndarray:
         log_probs, target = args.numpy_view(log_probs), args.numpy_view(target)
     if _plain_options(weight, axis, ignore_index, reduction, 0.0, 0.0, False, None):
-        loss = _core.nll_loss_fast(log_probs, target, ignore_index, args.REDUCTIONS[reduction])
+        loss = _core.nll_loss_fast(log_probs, target, ignore_index, args.REDUCTIONS[reduction], weight)
         if loss is not None:
             return loss if reduction == "none" else args.scalar(loss, log_probs.dtype)
     array, dtype = args.logits(log_probs, "log_probs")

@@ -71,6 +71,7 @@ class CrossEntropyLoss:
             type(input) is np.ndarray
             and type(target) is np.ndarray
             and input.ndim == 2
+            and self.weight is None
             and _plain_options(
                 self.weight, self.axis, self.ignore_index, self.reduction, self.label_smoothing, self.z_loss,
                 self.return_z_loss, self.softcap,
