@@ -345,13 +345,11 @@ py::object cross_entropy_fast_with(const py::handle& input, const py::handle& ta
     const KernelTable& table = kernels();
     if (call->float64) {
         return cross_entropy_fast_with_typed<double>(call->x, -1, call->t, given, call->weight, ignore_index, r,
-                                                     grad_output,
-                                                     with_loss, with_grad, out, save_stats, saved_stats,
+                                                     grad_output, with_loss, with_grad, out, save_stats, saved_stats,
                                                      table.cross_entropy_double);
     }
     return cross_entropy_fast_with_typed<float>(call->x, call->half, call->t, given, call->weight, ignore_index, r,
-                                                grad_output,
-                                                with_loss, with_grad, out, save_stats, saved_stats,
+                                                grad_output, with_loss, with_grad, out, save_stats, saved_stats,
                                                 table.cross_entropy_float);
 }
 

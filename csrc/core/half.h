@@ -64,10 +64,9 @@ inline std::uint16_t float_to_float16(float f) {
 // floats, and a float subnormal rounds to a float16 zero either way). Both directions give exactly
 // the results of the functions above, so no conversion depends on the instruction set
 // (test_every_16_bit_value_is_read_exactly, test_float16_rounding_of_every_kind_of_value); what is
-// computed from the converted values may differ in the last bits between instruction sets, as float32
-// results do. The
-// remaining elements, and the other instruction sets, use the functions above. Each returns how
-// many elements it converted.
+// computed from the converted values may differ in the last bits between instruction sets, as
+// float32 results do. The remaining elements, and the other instruction sets, use the functions
+// above. Each returns how many elements it converted.
 #ifdef FASTXENT_F16C
 constexpr bool kFloat16Hardware = true;
 #else

@@ -194,8 +194,9 @@ double loss_row(const LossContext<T>& ctx, const T* x, std::int64_t row, T* grad
         const double target_logit = static_cast<double>(x[t]);
         const double weight_t = ctx.class_weight(t);
         if (ctx.needs_loss) {
+            const bool infinite_weight = ctx.probability.infinite_weight;
             const double weighted_sum =
-                ctx.smoothing > 0.0 ? row_weighted_sum(x, p.weight, classes, max, ctx.probability.infinite_weight) : 0.0;
+                ctx.smoothing > 0.0 ? row_weighted_sum(x, p.weight, classes, max, infinite_weight) : 0.0;
             loss = ctx.index_loss(stats, target_logit, weight_t, weighted_sum);
         }
         if (grad != nullptr) {
@@ -251,7 +252,10 @@ double grad_row_group(const LossContext<T>& ctx, std::int64_t first, std::int64_
         target_logit[i] = static_cast<double>(x[p.target_index[row]]);
         const T row_max_value = row_max(x, classes);
         max[i] = static_cast<double>(row_max_value);
-        if (smoothed_loss) weighted_sum[i] = row_weighted_sum(x, p.weight, classes, row_max_value, ctx.probability.infinite_weight);
+        if (smoothed_loss) {
+            weighted_sum[i] =
+                row_weighted_sum(x, p.weight, classes, row_max_value, ctx.probability.infinite_weight);
+        }
         sum[i] = row_exps_into(x, grad, classes, row_max_value, next_row(ctx.logits, view, row));
     }
     double log_sum[kGroupRows];
