@@ -551,16 +551,17 @@ def test_the_common_call_on_torch_tensors_takes_the_short_path(rng, monkeypatch,
 
     x = _logits(rng, (32, 10), np.dtype(name))
     target = rng.integers(0, 10, 32)
-    expected = {
-        "cross_entropy": fx.cross_entropy(x, target),
-        "none": fx.cross_entropy(x, target, reduction="none"),
-        "grad": fx.cross_entropy_grad(x, target),
-        "with_grad": fx.cross_entropy_with_grad(x, target, reduction="sum"),
-        "nll_loss": fx.nll_loss(x, target),
-        "log_softmax": fx.log_softmax(x),
-        "logsumexp": fx.logsumexp(x),
-        "loss class": fx.CrossEntropyLoss()(x, target),
+    calls = {
+        "cross_entropy": lambda x, t: fx.cross_entropy(x, t),
+        "none": lambda x, t: fx.cross_entropy(x, t, reduction="none"),
+        "grad": lambda x, t: fx.cross_entropy_grad(x, t),
+        "with_grad": lambda x, t: fx.cross_entropy_with_grad(x, t, reduction="sum"),
+        "nll_loss": lambda x, t: fx.nll_loss(x, t),
+        "log_softmax": lambda x, t: fx.log_softmax(x),
+        "logsumexp": lambda x, t: fx.logsumexp(x),
+        "loss class": lambda x, t: fx.CrossEntropyLoss()(x, t),
     }
+    expected = {key: call(x, target) for key, call in calls.items()}
     tensor, target_tensor = torch.from_numpy(x.copy()), torch.from_numpy(target.copy())
 
     def general_path(*args, **kwargs):
@@ -568,16 +569,7 @@ def test_the_common_call_on_torch_tensors_takes_the_short_path(rng, monkeypatch,
 
     monkeypatch.setattr(functional, "_prepare", general_path)
     monkeypatch.setattr(functional.args, "class_view", general_path)
-    got = {
-        "cross_entropy": fx.cross_entropy(tensor, target_tensor),
-        "none": fx.cross_entropy(tensor, target_tensor, reduction="none"),
-        "grad": fx.cross_entropy_grad(tensor, target_tensor),
-        "with_grad": fx.cross_entropy_with_grad(tensor, target_tensor, reduction="sum"),
-        "nll_loss": fx.nll_loss(tensor, target_tensor),
-        "log_softmax": fx.log_softmax(tensor),
-        "logsumexp": fx.logsumexp(tensor),
-        "loss class": fx.CrossEntropyLoss()(tensor, target_tensor),
-    }
+    got = {key: call(tensor, target_tensor) for key, call in calls.items()}
     monkeypatch.undo()
     for key, value in expected.items():
         if key == "with_grad":
