@@ -277,6 +277,52 @@ def test_weighted_fast_path_gives_the_general_paths_bits(rng, shape, dtype, redu
             fx.cross_entropy_grad(x, target, shared_weight, reduction=reduction, out=out)
 
 
+# Logits with more axes, (N, C, d1, ...) C-contiguous with their classes along axis 1 (PyTorch's
+# default) and targets of shape (N, d1, ...), take the common call too; axis=1 given explicitly takes
+# the general path. Same bits, row losses of the targets' shape.
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("shape", [(4, 10, 8), (2, 5, 3, 7), (3, 40, 33), (3, 4, 0), (0, 3, 5)],
+                         ids=["4x10x8", "2x5x3x7", "3x40x33", "inner-empty", "empty"])
+def test_fast_path_of_more_axes_gives_the_general_paths_bits(rng, shape, dtype, reduction, weighted):
+    from fastxent import _core
+
+    x = make_logits(rng, shape, dtype)
+    row_shape = shape[:1] + shape[2:]
+    target = rng.integers(0, shape[1], row_shape)
+    target.reshape(-1)[::5] = -100
+    compute = np.float64 if dtype == np.float64 else np.float32
+    weight = (rng.random(shape[1]) + 0.5).astype(compute) if weighted else None
+    code = {"none": 0, "mean": 1, "sum": 2}[reduction]
+    assert _core.cross_entropy_fast(x, target, -100, code, weight) is not None
+    assert _core.nll_loss_fast(x, target, -100, code, weight) is not None
+    assert _core.cross_entropy_fast(x, target[..., None], -100, code, weight) is None  # not the row shape
+    for api in ["cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad", "nll_loss"]:
+        fast = getattr(fx, api)(x, target, weight, reduction=reduction)
+        general = getattr(fx, api)(x, target, weight, axis=1, reduction=reduction)
+        pairs = zip(fast, general) if api == "cross_entropy_with_grad" else [(fast, general)]
+        for a, b in pairs:
+            assert type(a) is type(b) and np.asarray(a).shape == np.asarray(b).shape
+            np.testing.assert_array_equal(a, b)
+    if reduction == "none":
+        assert fx.cross_entropy(x, target, weight, reduction="none").shape == row_shape
+    expected_grad = fx.cross_entropy_grad(x, target, weight, axis=1, reduction=reduction)
+    out = np.full(shape, np.nan, dtype)
+    assert fx.cross_entropy_grad(x, target, weight, reduction=reduction, out=out) is out
+    np.testing.assert_array_equal(out, expected_grad)
+    logits = x.copy()
+    assert fx.cross_entropy_grad(logits, target, weight, reduction=reduction, out=logits) is logits  # in place
+    np.testing.assert_array_equal(logits, expected_grad)
+    # against the float64 reference
+    loss, grad = fx.cross_entropy_with_grad(x, target, weight, reduction=reduction)
+    w64 = None if weight is None else weight.astype(np.float64)
+    expected = ref.cross_entropy(upcast(x), target, w64, reduction=reduction)
+    tolerance = 2e-3 if dtype == np.float16 else 1e-6
+    np.testing.assert_allclose(np.asarray(loss, np.float64), expected, rtol=tolerance, atol=tolerance)
+    assert_close(grad, ref.cross_entropy_grad(upcast(x), target, w64, reduction=reduction), dtype)
+
+
 TARGET_LAYOUTS = {
     "int8": lambda t: t.astype(np.int8),
     "int16": lambda t: t.astype(np.int16),

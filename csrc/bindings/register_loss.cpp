@@ -175,23 +175,45 @@ py::tuple run_nll(const py::array& input, int half, const ClassAxisView& view, c
 
 }  // namespace
 
-// The common calls, on x a C-contiguous (N, C) array of float32, float64, float16 or bfloat16 and t a
-// 1-D integer array of N class indices, with every other option at its default but class weights,
-// without the Python layer's normalisation. Each returns None when the arguments are anything else
-// (the Python layer then takes over, and raises any error).
+// The common calls, on x a C-contiguous (N, C) or (N, C, d1, ...) array of float32, float64, float16 or
+// bfloat16 (classes along axis 1, PyTorch's default) and t an integer array of class indices of x's
+// shape without axis 1, with every other option at its default but class weights, without the
+// Python layer's normalisation. Each returns None when the arguments are anything else (the Python
+// layer then takes over, and raises any error).
 bool fast_logits(const py::handle& input, int reduction) {
     if (!py::isinstance<py::array>(input) || reduction < 0 || reduction > 2) return false;
     const py::array x = py::reinterpret_borrow<py::array>(input);
-    return x.ndim() == 2 && (x.flags() & py::array::c_style);
+    return x.ndim() >= 2 && (x.flags() & py::array::c_style);
+}
+
+// The (outer, classes, inner) view of a common call's x: rows n * inner + i, classes inner apart.
+ClassAxisView fast_view(const py::array& x) {
+    std::int64_t inner = 1;
+    for (py::ssize_t d = 2; d < x.ndim(); ++d) inner *= x.shape(d);
+    const std::int64_t classes = x.shape(1);
+    return ClassAxisView{x.shape(0), classes, inner, classes * inner, inner};
+}
+
+// A new array of T of x's shape without its class axis (the row losses).
+template <typename T>
+py::array_t<T> new_row_result(const py::array& x) {
+    if (x.ndim() == 2) return py::array_t<T>(x.shape(0));
+    std::vector<py::ssize_t> shape{x.shape(0)};
+    for (py::ssize_t d = 2; d < x.ndim(); ++d) shape.push_back(x.shape(d));
+    return py::array_t<T>(shape);
 }
 
 // The class indices of a common call as a C-contiguous int64 array: `target` itself, or a copy of
-// any other 1-D array of N signed integers or unsigned ones of up to 32 bits, converted as the
-// Python layer would (uint64 is left to it, for its check of values beyond int64). None otherwise.
-py::object fast_targets(const py::handle& target, py::ssize_t rows) {
+// any other array of x's row shape (x's without axis 1) of signed integers or unsigned ones of up to
+// 32 bits, converted as the Python layer would (uint64 is left to it, for its check of values beyond
+// int64). None otherwise.
+py::object fast_targets(const py::handle& target, const py::array& x) {
     if (!py::isinstance<py::array>(target)) return py::none();
     const py::array t = py::reinterpret_borrow<py::array>(target);
-    if (t.ndim() != 1 || t.shape(0) != rows) return py::none();
+    if (t.ndim() != x.ndim() - 1 || t.shape(0) != x.shape(0)) return py::none();
+    for (py::ssize_t d = 1; d < t.ndim(); ++d) {
+        if (t.shape(d) != x.shape(d + 1)) return py::none();
+    }
     if (has_dtype<std::int64_t>(t) && (t.flags() & py::array::c_style)) return t;
     const py::dtype dtype = t.dtype();
     if (!(dtype.kind() == 'i' || (dtype.kind() == 'u' && dtype.itemsize() <= 4))) return py::none();
@@ -216,7 +238,7 @@ std::optional<FastCall> fast_call(const py::handle& input, const py::handle& tar
                                   const py::handle& weight) {
     if (!fast_logits(input, reduction)) return std::nullopt;
     const py::array x = py::reinterpret_borrow<py::array>(input);
-    const py::object indices = fast_targets(target, x.shape(0));
+    const py::object indices = fast_targets(target, x);
     if (indices.is_none()) return std::nullopt;
     const bool float32 = has_dtype<float>(x);
     const bool float64 = !float32 && has_dtype<double>(x);
@@ -252,12 +274,10 @@ template <typename T>
 py::object cross_entropy_fast_typed(const py::array& x, int half, const py::array& t, const py::object& weight,
                                     std::int64_t ignore_index, Reduction reduction,
                                     void (*kernel)(const CrossEntropyProblem<T>&)) {
-    const std::int64_t rows = x.shape(0);
-    const std::int64_t classes = x.shape(1);
-    const ClassAxisView view{rows, classes, 1, classes, 1};
+    const ClassAxisView view = fast_view(x);
     const py::object none = py::none();
     if (reduction == Reduction::none) {
-        py::array_t<T> row_loss(static_cast<py::ssize_t>(rows));
+        py::array_t<T> row_loss = new_row_result<T>(x);
         run_cross_entropy<T>(x, half, 0.0, view, t, none, weight, ignore_index, 0.0, 0.0, reduction, 1.0, none,
                              row_loss, none, none, none, false, kernel);
         if (half >= 0) return narrowed_result(row_loss, x.dtype(), half);
@@ -304,9 +324,7 @@ py::object cross_entropy_fast_with_typed(const py::array& x, int half, const py:
                                          Reduction reduction, double grad_output, bool with_loss, bool with_grad,
                                          const py::object& out, const py::object& save_stats,
                                          const py::object& saved_stats, void (*kernel)(const CrossEntropyProblem<T>&)) {
-    const std::int64_t rows = x.shape(0);
-    const std::int64_t classes = x.shape(1);
-    const ClassAxisView view{rows, classes, 1, classes, 1};
+    const ClassAxisView view = fast_view(x);
     const py::object none = py::none();
     if (with_grad && !out.is_none() && !fast_out<T>(out, x, half, given)) return none;
     if (with_grad && !out.is_none() && !weight.is_none() &&
@@ -314,10 +332,13 @@ py::object cross_entropy_fast_with_typed(const py::array& x, int half, const py:
         return none;  // the Python layer refuses it
     }
     const py::object row_loss =
-        with_loss && reduction == Reduction::none ? py::object(py::array_t<T>(static_cast<py::ssize_t>(rows))) : none;
+        with_loss && reduction == Reduction::none ? py::object(new_row_result<T>(x)) : none;
     const py::dtype result_dtype = half >= 0 ? x.dtype() : py::dtype::of<T>();
     const py::object grad =
-        !with_grad ? none : !out.is_none() ? out : py::object(new_result(result_dtype, {rows, classes}));
+        !with_grad ? none
+                   : !out.is_none() ? out
+                                    : py::object(new_result(result_dtype, std::vector<py::ssize_t>(
+                                                                              x.shape(), x.shape() + x.ndim())));
     const bool want_sum = with_loss && reduction != Reduction::none;
     const py::tuple result = run_cross_entropy<T>(x, half, 0.0, view, t, none, weight, ignore_index, 0.0, 0.0,
                                                   reduction, grad_output, none, row_loss, grad, save_stats,
@@ -359,11 +380,8 @@ py::object cross_entropy_fast_with(const py::handle& input, const py::handle& ta
 template <typename T>
 py::object nll_loss_fast_typed(const py::array& x, int half, const py::array& t, const py::object& weight,
                                std::int64_t ignore_index, Reduction reduction) {
-    const std::int64_t rows = x.shape(0);
-    const std::int64_t classes = x.shape(1);
-    const ClassAxisView view{rows, classes, 1, classes, 1};
-    const py::object row_loss =
-        reduction == Reduction::none ? py::object(py::array_t<T>(static_cast<py::ssize_t>(rows))) : py::none();
+    const ClassAxisView view = fast_view(x);
+    const py::object row_loss = reduction == Reduction::none ? py::object(new_row_result<T>(x)) : py::none();
     const py::tuple result = run_nll<T>(x, half, view, t, weight, ignore_index, row_loss);
     if (reduction != Reduction::none) return reduced_loss(result, reduction);
     return half >= 0 ? py::object(narrowed_result(row_loss, x.dtype(), half)) : row_loss;

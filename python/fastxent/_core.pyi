@@ -42,8 +42,9 @@ def softmax(input: np.ndarray, view: View, op: int, out: np.ndarray, half: int =
 
 # register_loss.cpp. The common call's fast path (reduction: 0 none, 1 mean, 2 sum): the mean or the
 # sum as a float, the row losses as a new array ("none"), or None when the arguments need the Python
-# layer (anything but a C-contiguous (N, C) float32, float64, float16 or bfloat16 array and (N,)
-# targets of a signed integer dtype or an unsigned one of up to 32 bits, and weight None or a
+# layer (anything but a C-contiguous (N, C) or (N, C, d1, ...) float32, float64, float16 or bfloat16
+# array, classes along axis 1, and (N,) or (N, d1, ...) targets of a signed integer dtype or an
+# unsigned one of up to 32 bits, and weight None or a
 # C-contiguous (C,) array of the computed dtype: float64 for float64 input, else float32). Results
 # have input's dtype.
 def cross_entropy_fast(
