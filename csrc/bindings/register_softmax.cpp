@@ -30,26 +30,28 @@ void run_softmax(const py::array& input, int half, const ClassAxisView& axis_vie
 }
 
 // The common call, f(x, axis, out) with x a C-contiguous array of float32, float64, float16 or bfloat16
-// of at least one dimension, the class axis last (-1 or ndim - 1) and `out` None or (log_softmax and
-// softmax) a usable_out of x's dtype: the result (`out` itself when given), or None when the arguments
-// are anything else (the Python layer then takes over, and raises any error). 16-bit logits (half >= 0,
-// T float; at least one class) are computed in float32: log_softmax and softmax are written in their
-// dtype, logsumexp is rounded to it.
+// of at least one dimension, the class axis -1 or any in [0, ndim) (the axes after it are its rows'
+// inner axis), and `out` None or (log_softmax and softmax) a usable_out of x's dtype: the result (`out`
+// itself when given), or None when the arguments are anything else (the Python layer then takes
+// over, and raises any error). 16-bit logits (half >= 0, T float; at least one class) are computed in
+// float32: log_softmax and softmax are written in their dtype, logsumexp is rounded to it.
 template <typename T>
-py::object softmax_fast_typed(const py::array& x, int half, SoftmaxOp op, const py::object& out,
+py::object softmax_fast_typed(const py::array& x, py::ssize_t axis, int half, SoftmaxOp op, const py::object& out,
                               void (*kernel)(const SoftmaxProblem<T>&)) {
     const py::ssize_t ndim = x.ndim();
-    const std::int64_t classes = x.shape(ndim - 1);
-    const std::int64_t rows = classes == 0 ? x.size() : x.size() / classes;
-    std::vector<py::ssize_t> shape(x.shape(), x.shape() + (op == SoftmaxOp::logsumexp ? ndim - 1 : ndim));
+    const std::int64_t classes = x.shape(axis);
+    std::int64_t outer = 1;
+    std::int64_t inner = 1;
+    for (py::ssize_t d = 0; d < axis; ++d) outer *= x.shape(d);
+    for (py::ssize_t d = axis + 1; d < ndim; ++d) inner *= x.shape(d);
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + ndim);
+    if (op == SoftmaxOp::logsumexp) shape.erase(shape.begin() + axis);
     if (!out.is_none() && (op == SoftmaxOp::logsumexp || !usable_out(out, x, x.dtype()))) return py::none();
     if (classes == 0) {
         // Rows of no classes: logsumexp is -inf, the others are empty.
         if (!out.is_none()) return out;
-        std::int64_t count = 1;
-        for (py::ssize_t d = 0; d + 1 < ndim; ++d) count *= x.shape(d);
         py::array_t<T> result(shape);
-        for (std::int64_t i = 0; op == SoftmaxOp::logsumexp && i < count; ++i) {
+        for (std::int64_t i = 0; op == SoftmaxOp::logsumexp && i < outer * inner; ++i) {
             result.mutable_data()[i] = -std::numeric_limits<T>::infinity();
         }
         return std::move(result);
@@ -64,7 +66,7 @@ py::object softmax_fast_typed(const py::array& x, int half, SoftmaxOp op, const 
     } else {
         problem.input = static_cast<const T*>(x.data());
     }
-    problem.view = tiled_view<T>(ClassAxisView{rows, classes, 1, classes, 1});
+    problem.view = tiled_view<T>(ClassAxisView{outer, classes, inner, classes * inner, inner});
     problem.op = op;
     if (half_output) {
         problem.output_half = static_cast<std::uint16_t*>(result.mutable_data());
@@ -87,13 +89,16 @@ py::object softmax_fast(const py::handle& input, int op_code, std::int64_t axis,
     if (op_code < 0 || op_code > 2 || !py::isinstance<py::array>(input)) return py::none();
     const py::array x = py::reinterpret_borrow<py::array>(input);
     if (x.ndim() < 1 || !(x.flags() & py::array::c_style)) return py::none();
-    if (axis != -1 && axis != x.ndim() - 1) return py::none();
+    if (axis < -1 || axis >= x.ndim()) return py::none();
+    const py::ssize_t class_axis = axis == -1 ? x.ndim() - 1 : static_cast<py::ssize_t>(axis);
     const SoftmaxOp op = static_cast<SoftmaxOp>(op_code);
     const KernelTable& table = kernels();
-    if (has_dtype<float>(x)) return softmax_fast_typed<float>(x, -1, op, out, table.softmax_float);
-    if (has_dtype<double>(x)) return softmax_fast_typed<double>(x, -1, op, out, table.softmax_double);
+    if (has_dtype<float>(x)) return softmax_fast_typed<float>(x, class_axis, -1, op, out, table.softmax_float);
+    if (has_dtype<double>(x)) return softmax_fast_typed<double>(x, class_axis, -1, op, out, table.softmax_double);
     const int half = half_format_of(x);
-    if (half >= 0 && x.shape(x.ndim() - 1) > 0) return softmax_fast_typed<float>(x, half, op, out, table.softmax_float);
+    if (half >= 0 && x.shape(class_axis) > 0) {
+        return softmax_fast_typed<float>(x, class_axis, half, op, out, table.softmax_float);
+    }
     return py::none();
 }
 
