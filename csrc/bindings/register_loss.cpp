@@ -303,11 +303,14 @@ py::object cross_entropy_fast(const py::handle& input, const py::handle& target,
 }
 
 // Whether `out` may take the gradient of x in the fast path: usable_out for x's dtype (or float32, for
-// 16-bit x) that also shares no memory with t (the caller's targets, before any conversion).
+// 16-bit x) that also shares no memory with t (the caller's targets, before any conversion) or with
+// the class weights (None, or an array). Any other out= is left to the Python layer, which refuses it.
 template <typename T>
-bool fast_out(const py::handle& out, const py::array& x, int half, const py::array& t) {
+bool fast_out(const py::handle& out, const py::array& x, int half, const py::array& t, const py::object& weight) {
     const bool fits = usable_out(out, x, py::dtype::of<T>()) || (half >= 0 && usable_out(out, x, x.dtype()));
-    return fits && !bounds_overlap(py::reinterpret_borrow<py::array>(out), t);
+    if (!fits) return false;
+    const py::array o = py::reinterpret_borrow<py::array>(out);
+    return !bounds_overlap(o, t) && (weight.is_none() || !bounds_overlap(o, py::reinterpret_borrow<py::array>(weight)));
 }
 
 // The other common calls, with the same arguments (t converted, `given` the caller's targets) plus:
@@ -326,11 +329,7 @@ py::object cross_entropy_fast_with_typed(const py::array& x, int half, const py:
                                          const py::object& saved_stats, void (*kernel)(const CrossEntropyProblem<T>&)) {
     const ClassAxisView view = fast_view(x);
     const py::object none = py::none();
-    if (with_grad && !out.is_none() && !fast_out<T>(out, x, half, given)) return none;
-    if (with_grad && !out.is_none() && !weight.is_none() &&
-        bounds_overlap(py::reinterpret_borrow<py::array>(out), py::reinterpret_borrow<py::array>(weight))) {
-        return none;  // the Python layer refuses it
-    }
+    if (with_grad && !out.is_none() && !fast_out<T>(out, x, half, given, weight)) return none;
     const py::object row_loss =
         with_loss && reduction == Reduction::none ? py::object(new_row_result<T>(x)) : none;
     const py::dtype result_dtype = half >= 0 ? x.dtype() : py::dtype::of<T>();
