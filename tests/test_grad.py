@@ -323,6 +323,61 @@ def test_fast_path_of_more_axes_gives_the_general_paths_bits(rng, shape, dtype, 
     assert_close(grad, ref.cross_entropy_grad(upcast(x), target, w64, reduction=reduction), dtype)
 
 
+
+# The loss class takes the same common call: class weights of the logits' dtype and (N, C, d1, ...)
+# logits, forward and backward through _core, with the general path's bits.
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("shape", [(33, 10), (4, 10, 8), (2, 5, 3, 7), (3, 4, 0), (0, 3, 5)],
+                         ids=["2d", "4x10x8", "2x5x3x7", "inner-empty", "empty"])
+def test_loss_class_common_call_with_weights_and_more_axes(rng, monkeypatch, shape, dtype, reduction, weighted):
+    from fastxent import _loss
+
+    x = make_logits(rng, shape, dtype)
+    row_shape = shape[:1] + shape[2:]
+    target = rng.integers(0, shape[1], row_shape)
+    target.reshape(-1)[::5] = -100
+    compute = np.float64 if dtype == np.float64 else np.float32
+    weight = (rng.random(shape[1]) + 0.5).astype(compute) if weighted else None
+    expected_loss, expected_grad = fx.cross_entropy_with_grad(x, target, weight, axis=1, reduction=reduction)
+    per_row = rng.standard_normal(row_shape) if reduction == "none" else 1.0
+    expected_scaled = fx.cross_entropy_grad(x, target, weight, axis=1, reduction=reduction, grad_output=per_row)
+
+    def general(*args, **kwargs):
+        raise AssertionError("the common call took the general path")
+
+    criterion = fx.CrossEntropyLoss(weight, reduction=reduction)
+    with monkeypatch.context() as patch:
+        patch.setattr(_loss, "_prepare", general)
+        loss = criterion(x, target)
+        assert type(criterion._last[0]) is tuple  # the common call's saved state
+        grad = criterion.backward()
+    assert type(loss) is type(expected_loss) and np.asarray(loss).shape == np.asarray(expected_loss).shape
+    np.testing.assert_array_equal(loss, expected_loss)
+    np.testing.assert_array_equal(grad, expected_grad)
+    out = np.full(shape, np.nan, dtype)
+    assert criterion.backward(out=out) is out
+    np.testing.assert_array_equal(out, expected_grad)
+    # a per-row grad_output takes the general backward, from the same saved state
+    np.testing.assert_array_equal(criterion.backward(per_row), expected_scaled)
+    # against the float64 reference
+    w64 = None if weight is None else weight.astype(np.float64)
+    tolerance = 2e-3 if dtype == np.float16 else 1e-6
+    np.testing.assert_allclose(np.asarray(loss, np.float64), ref.cross_entropy(upcast(x), target, w64, reduction=reduction),
+                               rtol=tolerance, atol=tolerance)
+    assert_close(grad, ref.cross_entropy_grad(upcast(x), target, w64, reduction=reduction), dtype)
+    # an out= that overlaps the weights is refused, as on the general path
+    if weighted and x.size > 0 and dtype != np.float16:
+        buffer = np.zeros(x.size + shape[1], dtype)
+        shared = buffer[x.size - 1 : x.size - 1 + shape[1]]
+        shared[:] = weight
+        crit = fx.CrossEntropyLoss(shared, reduction=reduction)
+        crit(x, target)
+        with pytest.raises(ValueError, match="overlap"):
+            crit.backward(out=buffer[: x.size].reshape(shape))
+
+
 TARGET_LAYOUTS = {
     "int8": lambda t: t.astype(np.int8),
     "int16": lambda t: t.astype(np.int16),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -58,8 +59,8 @@ class CrossEntropyLoss:
         # instance shared by threads never pairs one call's logits with another call's statistics:
         # (problem, saved row statistics, the caller's arrays, which backward's out= must not overlap
         # either: the problem may hold copies). For the common call (see _plain_forward) the problem
-        # is (logits, int64 indices, ignore_index, reduction code), made a _Problem only if backward
-        # needs the general path.
+        # is (logits, int64 indices, ignore_index, reduction code, class weights or None), made a
+        # _Problem only if backward needs the general path.
         self._last: Optional[Tuple[Any, np.ndarray, Tuple[Any, ...]]] = None
 
     def forward(self, input: ArrayLike, target: ArrayLike) -> Any:
@@ -70,8 +71,6 @@ class CrossEntropyLoss:
         if (
             type(input) is np.ndarray
             and type(target) is np.ndarray
-            and input.ndim == 2
-            and self.weight is None
             and _plain_options(
                 self.weight, self.axis, self.ignore_index, self.reduction, self.label_smoothing, self.z_loss,
                 self.return_z_loss, self.softcap,
@@ -96,19 +95,24 @@ class CrossEntropyLoss:
     __call__ = forward
 
     def _plain_forward(self, input: np.ndarray, target: np.ndarray) -> Any:
-        """``forward`` for the common call (see ``cross_entropy``), taken by ``_core`` directly; None
-        when the arrays need the general path."""
-        rows = input.shape[0]
+        """``forward`` for the common call (see ``cross_entropy``: (N, C) or (N, C, d1, ...) logits,
+        class weights of their dtype or none), taken by ``_core`` directly; None when the arrays
+        need the general path."""
         kind, size = target.dtype.kind, target.dtype.itemsize
         if not (kind == "i" or (kind == "u" and size <= 4)):
             return None
-        index = target.astype(np.int64)  # as in the general path: a private int64 copy of the indices
-        stats = np.zeros((rows, 2), np.float64)
+        # As in the general path: a private int64 copy of the indices. When _core takes the call, the
+        # targets have the logits' row shape, so there is one row of statistics per target.
+        index = target.astype(np.int64, order="C")
+        stats = np.zeros((index.size, 2), np.float64)
         code = args.REDUCTIONS[self.reduction]
-        loss = _core.cross_entropy_fast_with(input, index, self.ignore_index, code, 1.0, True, False, None, stats, None)
+        weight = self.weight
+        loss = _core.cross_entropy_fast_with(
+            input, index, self.ignore_index, code, 1.0, True, False, None, stats, None, weight
+        )
         if loss is None:
             return None
-        self._last = ((input, index, self.ignore_index, code), stats, (target,))
+        self._last = ((input, index, self.ignore_index, code, weight), stats, (target,))
         return loss if code == args.REDUCTIONS["none"] else args.scalar(loss, input.dtype)
 
     def backward(self, grad_output: ArrayLike = 1.0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -119,17 +123,18 @@ class CrossEntropyLoss:
             raise RuntimeError("backward() was called before forward(): there is no loss to differentiate")
         problem, stats, originals = last
         if type(problem) is tuple:  # the common call's (see _plain_forward)
-            input, index, ignore_index, code = problem
+            input, index, ignore_index, code, weight = problem
             if _plain_scalar(grad_output) and not _overlaps(out, originals):
                 grad = _core.cross_entropy_fast_with(
-                    input, index, ignore_index, code, float(grad_output), False, True, out, None, stats
+                    input, index, ignore_index, code, float(grad_output), False, True, out, None, stats, weight
                 )
                 if grad is not None:
                     return grad
-            rows, classes = input.shape
+            shape = input.shape
+            outer, classes, inner = shape[0], shape[1], math.prod(shape[2:])
             problem = _Problem(
-                input, (rows, classes, 1, classes, 1, 0, 0), input.shape, (rows,), input.dtype,
-                args.Targets(index, None), None, ignore_index, 0.0, code, 0.0, 0.0,
+                input, (outer, classes, inner, classes * inner, inner, 0, 0), shape, index.shape, input.dtype,
+                args.Targets(index, None), weight, ignore_index, 0.0, code, 0.0, 0.0,
             )
         scalar, rows, grad = _grad_buffers(problem, grad_output, out, originals, problem.array)
         problem.run(grad=grad, grad_output=scalar, grad_rows=rows, saved_stats=stats)
