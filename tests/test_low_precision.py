@@ -541,15 +541,15 @@ def test_torch_tensors_are_read_in_place(rng, name):
     )
 
 
-@pytest.mark.parametrize("name", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("name", ["float32", "float64", "float16", "bfloat16"])
 def test_the_common_call_on_torch_tensors_takes_the_short_path(rng, monkeypatch, name):
-    """A torch CPU tensor of a dtype NumPy has is viewed through .numpy() (its memory, no copy), so
-    the common call (2-D logits, index targets, default options) skips the general path's argument
-    normalisation as a NumPy array does, and gives the same bits."""
+    """A torch CPU tensor is viewed through .numpy() (its memory, no copy; bfloat16 as its int16
+    bits), so the common call (2-D logits, index targets, default options) skips the general path's
+    argument normalisation as a NumPy array does, and gives the same bits."""
     torch = pytest.importorskip("torch")
     import fastxent._functional as functional
 
-    x = _logits(rng, (32, 10), np.dtype(name))
+    x = _logits(rng, (32, 10), _bfloat16() if name == "bfloat16" else np.dtype(name))
     target = rng.integers(0, 10, 32)
     calls = {
         "cross_entropy": lambda x, t: fx.cross_entropy(x, t),
@@ -562,7 +562,11 @@ def test_the_common_call_on_torch_tensors_takes_the_short_path(rng, monkeypatch,
         "loss class": lambda x, t: fx.CrossEntropyLoss()(x, t),
     }
     expected = {key: call(x, target) for key, call in calls.items()}
-    tensor, target_tensor = torch.from_numpy(x.copy()), torch.from_numpy(target.copy())
+    if name == "bfloat16":
+        tensor = torch.from_numpy(x.view(np.int16).copy()).view(torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(x.copy())
+    target_tensor = torch.from_numpy(target.copy())
 
     def general_path(*args, **kwargs):
         raise AssertionError("the general path was taken")
@@ -583,7 +587,13 @@ def test_the_common_call_on_torch_tensors_takes_the_short_path(rng, monkeypatch,
     np.testing.assert_array_equal(criterion.backward(), fx.cross_entropy_grad(x, target, reduction="sum"))
     # the view is the tensor's memory, not a copy
     view = fx._arguments.numpy_view(tensor)
-    assert type(view) is np.ndarray and view.ctypes.data == tensor.data_ptr()
+    assert type(view) is np.ndarray and view.dtype == x.dtype and view.ctypes.data == tensor.data_ptr()
+    # what .numpy() refuses is looked at before it is called, its exception being slow
+    calls_of_numpy = []
+    monkeypatch.setattr(torch.Tensor, "numpy", lambda self, *a, **k: calls_of_numpy.append(self))
+    grad_tensor = tensor.detach().clone().requires_grad_(True)
+    assert fx._arguments.numpy_view(grad_tensor) is grad_tensor and calls_of_numpy == []
+    monkeypatch.undo()
     # tensors NumPy cannot view this way still go through DLPack, or are refused as before
     with pytest.raises((RuntimeError, BufferError), match="detach"):
         fx.cross_entropy(torch.zeros(3, 4, requires_grad=True), torch.zeros(3, dtype=torch.int64))
