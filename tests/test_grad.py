@@ -277,6 +277,17 @@ def test_weighted_fast_path_gives_the_general_paths_bits(rng, shape, dtype, redu
             fx.cross_entropy_grad(x, target, shared_weight, reduction=reduction, out=out)
 
 
+def _common_call_arrays(rng, shape, dtype, weighted):
+    """Logits of (N, C, d1, ...), class indices of (N, d1, ...) with every fifth row ignored, and
+    class weights of the computed dtype (or None)."""
+    x = make_logits(rng, shape, dtype)
+    target = rng.integers(0, shape[1], shape[:1] + shape[2:])
+    target.reshape(-1)[::5] = -100
+    compute = np.float64 if dtype == np.float64 else np.float32
+    weight = (rng.random(shape[1]) + 0.5).astype(compute) if weighted else None
+    return x, target, weight
+
+
 # Logits with more axes, (N, C, d1, ...) C-contiguous with their classes along axis 1 (PyTorch's
 # default) and targets of shape (N, d1, ...), take the common call too; axis=1 given explicitly takes
 # the general path. Same bits, row losses of the targets' shape.
@@ -288,12 +299,8 @@ def test_weighted_fast_path_gives_the_general_paths_bits(rng, shape, dtype, redu
 def test_fast_path_of_more_axes_gives_the_general_paths_bits(rng, shape, dtype, reduction, weighted):
     from fastxent import _core
 
-    x = make_logits(rng, shape, dtype)
-    row_shape = shape[:1] + shape[2:]
-    target = rng.integers(0, shape[1], row_shape)
-    target.reshape(-1)[::5] = -100
-    compute = np.float64 if dtype == np.float64 else np.float32
-    weight = (rng.random(shape[1]) + 0.5).astype(compute) if weighted else None
+    x, target, weight = _common_call_arrays(rng, shape, dtype, weighted)
+    row_shape = target.shape
     code = {"none": 0, "mean": 1, "sum": 2}[reduction]
     assert _core.cross_entropy_fast(x, target, -100, code, weight) is not None
     assert _core.nll_loss_fast(x, target, -100, code, weight) is not None
@@ -334,12 +341,8 @@ def test_fast_path_of_more_axes_gives_the_general_paths_bits(rng, shape, dtype, 
 def test_loss_class_common_call_with_weights_and_more_axes(rng, monkeypatch, shape, dtype, reduction, weighted):
     from fastxent import _loss
 
-    x = make_logits(rng, shape, dtype)
-    row_shape = shape[:1] + shape[2:]
-    target = rng.integers(0, shape[1], row_shape)
-    target.reshape(-1)[::5] = -100
-    compute = np.float64 if dtype == np.float64 else np.float32
-    weight = (rng.random(shape[1]) + 0.5).astype(compute) if weighted else None
+    x, target, weight = _common_call_arrays(rng, shape, dtype, weighted)
+    row_shape = target.shape
     expected_loss, expected_grad = fx.cross_entropy_with_grad(x, target, weight, axis=1, reduction=reduction)
     per_row = rng.standard_normal(row_shape) if reduction == "none" else 1.0
     expected_scaled = fx.cross_entropy_grad(x, target, weight, axis=1, reduction=reduction, grad_output=per_row)
