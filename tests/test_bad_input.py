@@ -159,6 +159,33 @@ def test_ignore_index_outside_int64(api, value):
     says(error, "ignore_index")
 
 
+@pytest.mark.parametrize("api", ["cross_entropy_grad", "cross_entropy_with_grad", "CrossEntropyLoss.backward"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("value", [10**400, -(10**400)])
+def test_grad_output_int_beyond_float(api, reduction, value):
+    """A Python int is a scalar grad_output; one beyond float's range is a ValueError naming it."""
+    calls = {
+        "cross_entropy_grad": lambda: fx.cross_entropy_grad(logits(), targets(), reduction=reduction, grad_output=value),
+        "cross_entropy_with_grad": lambda: fx.cross_entropy_with_grad(
+            logits(), targets(), reduction=reduction, grad_output=value
+        ),
+        "CrossEntropyLoss.backward": lambda: _criterion_after_forward(reduction).backward(value),
+    }
+    with pytest.raises(ValueError) as error:
+        calls[api]()
+    says(error, "grad_output")
+    np.testing.assert_array_equal(
+        fx.cross_entropy_grad(logits(), targets(), reduction=reduction, grad_output=2**70),
+        fx.cross_entropy_grad(logits(), targets(), reduction=reduction, grad_output=float(2**70)),
+    )
+
+
+def _criterion_after_forward(reduction):
+    criterion = fx.CrossEntropyLoss(reduction=reduction)
+    criterion(logits(), targets())
+    return criterion
+
+
 # ---------------------------------------------------------------------------
 # inputs and targets of the wrong kind
 # ---------------------------------------------------------------------------
@@ -390,6 +417,37 @@ def test_out_overlapping_the_index_targets(api):
         GRAD_APIS[api](logits((6, 2)), target, out)
     says(error, "overlap")
     np.testing.assert_array_equal(buffer, 0)
+
+
+@pytest.mark.parametrize("api", [*GRAD_APIS, "log_softmax", "softmax"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_place_out_whose_axis_of_one_has_another_stride(api, dtype):
+    """An axis of extent 1 may have any stride: out= viewing the logits' elements through other
+    strides there is still the logits array, an in-place result, on the common call's path (no
+    axis given, classes along axis 1) and on the general one."""
+    t = np.array([[0], [1], [4], [2]])
+    for view, shape in [(np.s_[:, :, None], (4, 5, 1)), (np.s_[:, None, :], (4, 1, 5))]:
+        base = logits((4, 5), dtype)
+        x, out = base[view], base.reshape(shape)  # strides with a 0, and without
+        assert np.shares_memory(out, x) and out.strides != x.strides and x.flags.c_contiguous
+        axis = 1 if x.shape[1] == 5 else -1
+        if api in ("log_softmax", "softmax"):
+            expected = getattr(fx, api)(x.copy(), axis=axis)
+            result = getattr(fx, api)(x, axis=axis, out=out)
+        elif api == "CrossEntropyLoss.backward-default":
+            if axis != 1:
+                continue
+            expected = fx.cross_entropy_grad(x.copy(), t)
+            result = _backward(x, t, out)
+        else:
+            expected = fx.cross_entropy_grad(x.copy(), t, axis=axis)
+            result = {
+                "cross_entropy_grad": lambda: fx.cross_entropy_grad(x, t, axis=axis, out=out),
+                "cross_entropy_with_grad": lambda: fx.cross_entropy_with_grad(x, t, axis=axis, out=out)[1],
+                "CrossEntropyLoss.backward": lambda: _backward(x, t, out, axis=axis),
+            }[api]()
+        assert result is out
+        np.testing.assert_array_equal(out, expected)
 
 
 def test_out_overlapping_a_reversed_view_of_the_logits():

@@ -171,7 +171,10 @@ inline bool usable_out(const py::handle& out, const py::array& x, const py::dtyp
     }
     if (!(o.flags() & py::array::c_style) || !o.writeable()) return false;
     bool same_elements = o.data() == x.data() && o.dtype().equal(x.dtype());
-    for (py::ssize_t d = 0; same_elements && d < x.ndim(); ++d) same_elements = o.strides(d) == x.strides(d);
+    // (The stride of an axis of extent 1 addresses nothing and may differ.)
+    for (py::ssize_t d = 0; same_elements && d < x.ndim(); ++d) {
+        same_elements = o.strides(d) == x.strides(d) || x.shape(d) == 1;
+    }
     return same_elements || !bounds_overlap(o, x);
 }
 

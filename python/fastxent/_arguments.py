@@ -369,19 +369,25 @@ def output(
 
 
 def _same_elements(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two arrays view exactly the same elements in the same order."""
+    """Whether two arrays view exactly the same elements in the same order (the stride of an axis of
+    extent 1 addresses nothing and may differ)."""
     return (
         a.shape == b.shape
-        and a.strides == b.strides
+        and all(x == y or n == 1 for n, x, y in zip(a.shape, a.strides, b.strides))
         and a.dtype == b.dtype
         and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
     )
 
 
 def grad_rows(grad_output: Any, code: int, row_shape: Tuple[int, ...], dtype: np.dtype) -> Tuple[float, Optional[np.ndarray]]:
-    """``grad_output`` as (scalar, per-row array or None); a Python int of any size is a scalar."""
+    """``grad_output`` as (scalar, per-row array or None); a Python int is a scalar, one beyond
+    float's range a ``ValueError``."""
     if type(grad_output) is int:
-        return float(grad_output), None
+        try:
+            return float(grad_output), None
+        except OverflowError:
+            bits = grad_output.bit_length()
+            raise ValueError(f"grad_output must be within float's range, got an int of {bits} bits") from None
     array = real_array(grad_output)
     if array.dtype.kind not in "fiu":
         raise TypeError(f"grad_output must be real, got dtype {array.dtype}")
