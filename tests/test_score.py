@@ -299,6 +299,42 @@ def test_argmax_and_rank_with_many_ties(rng, classes, dtype):
     np.testing.assert_array_equal(spans.is_greedy, target[:, 0] == np.argmax(x, axis=-1))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "bfloat16"])
+def test_argmax_and_rank_at_every_row_end(rng, dtype):
+    """The scoring pass merges its lanes by halves and takes a row's last values as one more group,
+    reading some of them again: for every class count up to 200 (whole rows from 33 or 65 classes
+    on, tiles below), the max placed twice near the row's end, inside and before the values read
+    again, ties everywhere, and targets among them, against NumPy. bfloat16 rows are converted by
+    that same pass. The sum of exponentials takes a row's last values as one more group too, as
+    logsumexp's does, and gives its bits."""
+    if dtype == "bfloat16":
+        dtype = np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    for classes in range(1, 201):
+        x = rng.integers(0, 3, size=(8, classes)).astype(np.float64)  # many ties of small values
+        x[1, -1] = 5.0  # the max last
+        x[2, [max(classes - 20, 0), classes - 2]] = 5.0  # twice: the first one wins
+        x[3, [classes - 1, max(classes - 3, 0)]] = 5.0
+        x[4] = NEG_INF
+        x[4, classes // 2] = 1.0
+        x[5] = 1.0  # every class ties: argmax 0, every rank 0
+        x[6, classes - 1 - (classes - 1) % 7] = np.nan
+        target = make_target(rng, (8,), classes, 3)
+        target[:, 0] = np.arange(8) % classes  # the first candidate's rank comes from the same pass
+        target[1:4, 1] = classes - 1
+        x = x.astype(dtype)
+        reference = x.astype(np.float64)
+        got = fx.score(x, target)
+        np.testing.assert_array_equal(got.argmax, np.argmax(reference, axis=-1), err_msg=f"{classes} classes")
+        expected = reference_score(reference, target)
+        for field in EXACT_FIELDS:
+            np.testing.assert_array_equal(getattr(got, field), expected[field], err_msg=f"{field}, {classes} classes")
+        np.testing.assert_allclose(got.lse.astype(np.float64), expected["lse"], equal_nan=True, **tolerance(np.float32))
+        if classes > 64 and x.dtype in (np.float32, np.float64):
+            # Whole rows on every instruction set: the sum of exponentials is logsumexp's, term for
+            # term in the same order, the row's last values included.
+            np.testing.assert_array_equal(got.lse, fx.logsumexp(x), err_msg=f"{classes} classes")
+
+
 def test_rank_is_top_k_membership(rng):
     x = make_logits(rng, (50, 200), np.float32)
     target = make_target(rng, (50,), 200, 3)
