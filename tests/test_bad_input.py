@@ -165,7 +165,9 @@ def test_ignore_index_outside_int64(api, value):
 def test_grad_output_int_beyond_float(api, reduction, value):
     """A Python int is a scalar grad_output; one beyond float's range is a ValueError naming it."""
     calls = {
-        "cross_entropy_grad": lambda: fx.cross_entropy_grad(logits(), targets(), reduction=reduction, grad_output=value),
+        "cross_entropy_grad": lambda: fx.cross_entropy_grad(
+            logits(), targets(), reduction=reduction, grad_output=value
+        ),
         "cross_entropy_with_grad": lambda: fx.cross_entropy_with_grad(
             logits(), targets(), reduction=reduction, grad_output=value
         ),

@@ -330,7 +330,6 @@ def test_fast_path_of_more_axes_gives_the_general_paths_bits(rng, shape, dtype, 
     assert_close(grad, ref.cross_entropy_grad(upcast(x), target, w64, reduction=reduction), dtype)
 
 
-
 # The loss class takes the same common call: class weights of the logits' dtype and (N, C, d1, ...)
 # logits, forward and backward through _core, with the general path's bits.
 @pytest.mark.parametrize("weighted", [False, True])
@@ -367,8 +366,8 @@ def test_loss_class_common_call_with_weights_and_more_axes(rng, monkeypatch, sha
     # against the float64 reference
     w64 = None if weight is None else weight.astype(np.float64)
     tolerance = 2e-3 if dtype == np.float16 else 1e-6
-    np.testing.assert_allclose(np.asarray(loss, np.float64), ref.cross_entropy(upcast(x), target, w64, reduction=reduction),
-                               rtol=tolerance, atol=tolerance)
+    expected = ref.cross_entropy(upcast(x), target, w64, reduction=reduction)
+    np.testing.assert_allclose(np.asarray(loss, np.float64), expected, rtol=tolerance, atol=tolerance)
     assert_close(grad, ref.cross_entropy_grad(upcast(x), target, w64, reduction=reduction), dtype)
     # an out= that overlaps the weights is refused, as on the general path
     if weighted and x.size > 0 and dtype != np.float16:
