@@ -35,6 +35,25 @@ ClassAxisView tiled_view(ClassAxisView view) {
     return view;
 }
 
+// The (outer, classes, inner) view of a C-contiguous x along `axis` (the axes before it as the outer
+// one, those after it as the rows' inner axis): the view of the common calls, which the Python layer
+// would have made (_arguments.class_view).
+inline ClassAxisView contiguous_view(const py::array& x, py::ssize_t axis) {
+    std::int64_t outer = 1;
+    std::int64_t inner = 1;
+    for (py::ssize_t d = 0; d < axis; ++d) outer *= x.shape(d);
+    for (py::ssize_t d = axis + 1; d < x.ndim(); ++d) inner *= x.shape(d);
+    const std::int64_t classes = x.shape(axis);
+    return ClassAxisView{outer, classes, inner, classes * inner, inner};
+}
+
+// x's shape without `axis` (the shape of a result per row, such as row losses or a logsumexp).
+inline std::vector<py::ssize_t> shape_without(const py::array& x, py::ssize_t axis) {
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    shape.erase(shape.begin() + axis);
+    return shape;
+}
+
 inline ClassAxisView to_view(const ViewTuple& v) {
     if (v[0] < 0 || v[1] < 0 || v[2] < 0) throw std::invalid_argument("negative extent in the class-axis view");
     ClassAxisView view{v[0], v[1], v[2], v[3], v[4]};

@@ -186,23 +186,6 @@ bool fast_logits(const py::handle& input, int reduction) {
     return x.ndim() >= 2 && (x.flags() & py::array::c_style);
 }
 
-// The (outer, classes, inner) view of a common call's x: rows n * inner + i, classes inner apart.
-ClassAxisView fast_view(const py::array& x) {
-    std::int64_t inner = 1;
-    for (py::ssize_t d = 2; d < x.ndim(); ++d) inner *= x.shape(d);
-    const std::int64_t classes = x.shape(1);
-    return ClassAxisView{x.shape(0), classes, inner, classes * inner, inner};
-}
-
-// A new array of T of x's shape without its class axis (the row losses).
-template <typename T>
-py::array_t<T> new_row_result(const py::array& x) {
-    if (x.ndim() == 2) return py::array_t<T>(x.shape(0));
-    std::vector<py::ssize_t> shape{x.shape(0)};
-    for (py::ssize_t d = 2; d < x.ndim(); ++d) shape.push_back(x.shape(d));
-    return py::array_t<T>(shape);
-}
-
 // The class indices of a common call as a C-contiguous int64 array: `target` itself, or a copy of
 // any other array of x's row shape (x's without axis 1) of signed integers or unsigned ones of up to
 // 32 bits, converted as the Python layer would (uint64 is left to it, for its check of values beyond
@@ -274,10 +257,10 @@ template <typename T>
 py::object cross_entropy_fast_typed(const py::array& x, int half, const py::array& t, const py::object& weight,
                                     std::int64_t ignore_index, Reduction reduction,
                                     void (*kernel)(const CrossEntropyProblem<T>&)) {
-    const ClassAxisView view = fast_view(x);
+    const ClassAxisView view = contiguous_view(x, 1);
     const py::object none = py::none();
     if (reduction == Reduction::none) {
-        py::array_t<T> row_loss = new_row_result<T>(x);
+        py::array_t<T> row_loss(shape_without(x, 1));
         run_cross_entropy<T>(x, half, 0.0, view, t, none, weight, ignore_index, 0.0, 0.0, reduction, 1.0, none,
                              row_loss, none, none, none, false, kernel);
         if (half >= 0) return narrowed_result(row_loss, x.dtype(), half);
@@ -327,11 +310,11 @@ py::object cross_entropy_fast_with_typed(const py::array& x, int half, const py:
                                          Reduction reduction, double grad_output, bool with_loss, bool with_grad,
                                          const py::object& out, const py::object& save_stats,
                                          const py::object& saved_stats, void (*kernel)(const CrossEntropyProblem<T>&)) {
-    const ClassAxisView view = fast_view(x);
+    const ClassAxisView view = contiguous_view(x, 1);
     const py::object none = py::none();
     if (with_grad && !out.is_none() && !fast_out<T>(out, x, half, given, weight)) return none;
     const py::object row_loss =
-        with_loss && reduction == Reduction::none ? py::object(new_row_result<T>(x)) : none;
+        with_loss && reduction == Reduction::none ? py::object(py::array_t<T>(shape_without(x, 1))) : none;
     const py::dtype result_dtype = half >= 0 ? x.dtype() : py::dtype::of<T>();
     const py::object grad =
         !with_grad ? none
@@ -379,8 +362,9 @@ py::object cross_entropy_fast_with(const py::handle& input, const py::handle& ta
 template <typename T>
 py::object nll_loss_fast_typed(const py::array& x, int half, const py::array& t, const py::object& weight,
                                std::int64_t ignore_index, Reduction reduction) {
-    const ClassAxisView view = fast_view(x);
-    const py::object row_loss = reduction == Reduction::none ? py::object(new_row_result<T>(x)) : py::none();
+    const ClassAxisView view = contiguous_view(x, 1);
+    const py::object row_loss =
+        reduction == Reduction::none ? py::object(py::array_t<T>(shape_without(x, 1))) : py::none();
     const py::tuple result = run_nll<T>(x, half, view, t, weight, ignore_index, row_loss);
     if (reduction != Reduction::none) return reduced_loss(result, reduction);
     return half >= 0 ? py::object(narrowed_result(row_loss, x.dtype(), half)) : row_loss;

@@ -38,20 +38,16 @@ void run_softmax(const py::array& input, int half, const ClassAxisView& axis_vie
 template <typename T>
 py::object softmax_fast_typed(const py::array& x, py::ssize_t axis, int half, SoftmaxOp op, const py::object& out,
                               void (*kernel)(const SoftmaxProblem<T>&)) {
-    const py::ssize_t ndim = x.ndim();
-    const std::int64_t classes = x.shape(axis);
-    std::int64_t outer = 1;
-    std::int64_t inner = 1;
-    for (py::ssize_t d = 0; d < axis; ++d) outer *= x.shape(d);
-    for (py::ssize_t d = axis + 1; d < ndim; ++d) inner *= x.shape(d);
-    std::vector<py::ssize_t> shape(x.shape(), x.shape() + ndim);
-    if (op == SoftmaxOp::logsumexp) shape.erase(shape.begin() + axis);
+    const ClassAxisView view = contiguous_view(x, axis);
+    const std::vector<py::ssize_t> shape = op == SoftmaxOp::logsumexp
+                                               ? shape_without(x, axis)
+                                               : std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim());
     if (!out.is_none() && (op == SoftmaxOp::logsumexp || !usable_out(out, x, x.dtype()))) return py::none();
-    if (classes == 0) {
+    if (view.classes == 0) {
         // Rows of no classes: logsumexp is -inf, the others are empty.
         if (!out.is_none()) return out;
         py::array_t<T> result(shape);
-        for (std::int64_t i = 0; op == SoftmaxOp::logsumexp && i < outer * inner; ++i) {
+        for (std::int64_t i = 0; op == SoftmaxOp::logsumexp && i < view.rows(); ++i) {
             result.mutable_data()[i] = -std::numeric_limits<T>::infinity();
         }
         return std::move(result);
@@ -66,7 +62,7 @@ py::object softmax_fast_typed(const py::array& x, py::ssize_t axis, int half, So
     } else {
         problem.input = static_cast<const T*>(x.data());
     }
-    problem.view = tiled_view<T>(ClassAxisView{outer, classes, inner, classes * inner, inner});
+    problem.view = tiled_view<T>(view);
     problem.op = op;
     if (half_output) {
         problem.output_half = static_cast<std::uint16_t*>(result.mutable_data());
