@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -130,11 +129,10 @@ class CrossEntropyLoss:
                 )
                 if grad is not None:
                     return grad
-            shape = input.shape
-            outer, classes, inner = shape[0], shape[1], math.prod(shape[2:])
+            _, view = args.class_view(input, 1)  # C-contiguous: the view of the array itself
             problem = _Problem(
-                input, (outer, classes, inner, classes * inner, inner, 0, 0), shape, index.shape, input.dtype,
-                args.Targets(index, None), weight, ignore_index, 0.0, code, 0.0, 0.0,
+                input, view, input.shape, index.shape, input.dtype, args.Targets(index, None), weight,
+                ignore_index, 0.0, code, 0.0, 0.0,
             )
         scalar, rows, grad = _grad_buffers(problem, grad_output, out, originals, problem.array)
         problem.run(grad=grad, grad_output=scalar, grad_rows=rows, saved_stats=stats)
